@@ -1,0 +1,1 @@
+"""tosguard step logic: plain functions, importable and testable without KFP."""

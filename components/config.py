@@ -1,0 +1,88 @@
+"""One typed configuration for a pipeline run, with named presets.
+
+The CLI builds it from a preset plus flags; the pipeline receives its fields as typed
+parameters; train reads the train block back from JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from components.modeling import DEFAULT_BASE_MODEL, METHODS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base_model: str = DEFAULT_BASE_MODEL
+    method: str = "lora"  # lora | qlora (4-bit NF4 base) | full
+    epochs: int = 4
+    max_steps: int = 0  # 0: no cap beyond epochs
+    train_subset: int = 0  # 0: the whole train split
+    validation_subset: int = 0  # 0: the whole validation split
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    head_learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    target_modules: str = ""  # comma-separated override; empty: per architecture
+    max_length: int = 128
+    patience: int = 2  # epochs without a better validation macro-F1 before stopping
+    seed: int = 42
+    threshold: float = 0.5  # decision threshold per category, shipped with the model
+    log_every: int = 10
+
+    def validate(self) -> "TrainConfig":
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        for name in ("epochs", "batch_size", "max_length", "lora_r", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "train_subset", "validation_subset", "patience"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 < self.learning_rate < 1 or not 0 < self.head_learning_rate < 1:
+            problems.append("learning rates must be in (0, 1)")
+        if not 0 < self.threshold < 1:
+            problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training config field(s): {sorted(unknown)}")
+        return cls(**data).validate()
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # About 10 minutes on 2 CPU cores: 4 epochs of LoRA r=16 on all-MiniLM-L6-v2.
+    "default": TrainConfig(),
+    # A small budget that still trains, evaluates on the full test split and serves.
+    "quick": TrainConfig(epochs=1, max_steps=40, train_subset=1024, validation_subset=256, log_every=5),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+def home() -> Path:
+    """Where embedded runs keep MLflow's sqlite file, run outputs and the local server."""
+    return Path(os.environ.get("TOSGUARD_HOME", ".tosguard")).resolve()

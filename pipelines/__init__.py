@@ -1,0 +1,1 @@
+"""tosguard's KFP layer: components, the pipeline, compile, local run and the CLI."""

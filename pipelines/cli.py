@@ -1,0 +1,181 @@
+"""The `tosguard` command: run the pipeline, compile it, serve and query the model."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("tosguard")
+
+
+def _cmd_run(args) -> int:
+    from components.config import home, preset
+    from pipelines.local_run import run_pipeline
+
+    config = preset(
+        args.preset, epochs=args.epochs, max_steps=args.max_steps, train_subset=args.train_subset,
+        method=args.method, base_model=args.base_model, seed=args.seed, learning_rate=args.learning_rate,
+    )
+    output = Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    print(f"tosguard: running the pipeline ({args.preset} preset, {config.method}, {config.base_model}); "
+          f"output in {output.resolve()}", flush=True)
+    summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy)
+    test = summary["test"]
+    print()
+    print(f"test micro-F1 {test['micro_f1']:.1f}  macro-F1 {test['macro_f1']:.1f}  "
+          f"(LexGLUE 8+1, {args.preset} preset, {summary['wall_seconds']:.0f} s)")
+    print(f"steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["step_seconds"].items()))
+    print(f"MLflow run: {summary['mlflow']['run_id']} at {summary['mlflow']['tracking_uri']}")
+    print(f"artifacts: {summary['artifacts']['pipeline_root']}")
+    print(f"model: {summary['artifacts']['model']}")
+    print(f"report: {summary['artifacts']['report']}")
+    print(f"endpoint: {summary['endpoint'] or '(not deployed)'}")
+    print(f"summary: {output.resolve() / 'summary.json'}")
+    return 0
+
+
+def _cmd_compile(args) -> int:
+    from kfp import compiler
+
+    from pipelines.pipeline import GpuPool, make_pipeline
+
+    pool = GpuPool(
+        node_selector_key=args.node_selector_key, node_selector_value=args.node_selector_value,
+        taint_key=args.taint_key, taint_value=args.taint_value, count=args.gpus,
+    )
+    compiler.Compiler().compile(make_pipeline(pool), package_path=args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _latest_model_dir() -> str:
+    import mlflow
+
+    from components.tracking import EXPERIMENT, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    runs = mlflow.search_runs(
+        experiment_names=[EXPERIMENT], filter_string="tags.model_uri LIKE '%'",
+        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+    )
+    if not runs:
+        raise SystemExit("tosguard serve: no trained model found; run `tosguard run` first or pass --model DIR")
+    return runs[0].data.tags["model_uri"]
+
+
+def _cmd_serve(args) -> int:
+    from components.deploy import read_state, start_local_server, stop_local_server
+
+    if args.stop:
+        print("stopped the local server" if stop_local_server() else "no local server was running")
+        return 0
+    if args.status:
+        state = read_state()
+        print(json.dumps(state, indent=2) if state else "no local server is running")
+        return 0 if state else 1
+    model_dir = args.model or _latest_model_dir()
+    print(f"starting KServe ModelServer for {model_dir} ...", flush=True)
+    state = start_local_server(model_dir, port=args.port)
+    print(f"log: {state['log']}  (stop with: tosguard serve --stop)")
+    print(state["url"])
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import requests
+
+    from components.deploy import read_state
+
+    url = args.url
+    if not url:
+        state = read_state()
+        if not state:
+            raise SystemExit("tosguard predict: no local server is running; start one with `tosguard serve`")
+        url = state["url"]
+    try:
+        response = requests.post(f"{url}/v1/models/tosguard:predict", json={"instances": args.text}, timeout=60)
+    except requests.RequestException as exc:
+        raise SystemExit(f"tosguard predict: cannot reach {url}: {exc}")
+    if response.status_code != 200:
+        raise SystemExit(f"tosguard predict: HTTP {response.status_code}: {response.text}")
+    body = response.json()
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    for text, result in zip(args.text, body["predictions"]):
+        verdict = ", ".join(result["categories"]) if result["unfair"] else "no unfair category"
+        top = max(result["scores"].items(), key=lambda kv: kv[1])
+        print(f"{verdict}  (top: {top[0]} {top[1]:.2f})  <- {text[:80]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tosguard", description="Find unfair clauses in Terms of Service (LexGLUE UNFAIR-ToS, KFP, KServe)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local): download to a served model",
+                         description="Run download, tokenize, train, evaluate and deploy through kfp.local's "
+                                     "SubprocessRunner on this machine, then print and save a summary.")
+    run.add_argument("--preset", choices=["quick", "default"], default="default",
+                     help="default: full data, 4 epochs (~10 min on 2 cores); quick: a small budget that still "
+                          "trains, evaluates on the full test split and serves")
+    run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
+    run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
+    run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
+    run.add_argument("--method", choices=["lora", "qlora", "full"], help="lora (default), qlora (4-bit NF4 base) or full")
+    run.add_argument("--base-model", help="HF model id or folder (default: all-MiniLM-L6-v2, shipped offline)")
+    run.add_argument("--learning-rate", type=float, help="learning rate of the encoder's trainable weights")
+    run.add_argument("--seed", type=int, help="random seed")
+    run.add_argument("--source", default="bundled",
+                     help="data source: bundled (default), a folder of train/validation/test .jsonl, or hf://...")
+    run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")
+    run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
+    run.set_defaults(func=_cmd_run)
+
+    comp = sub.add_parser("compile", help="compile the pipeline to YAML for Kubeflow",
+                          description="Compile the pipeline for a cluster: the train step asks for GPUs on an "
+                                      "A100 node pool (node selector and toleration).")
+    comp.add_argument("--output", required=True, help="where to write the pipeline YAML")
+    comp.add_argument("--gpus", type=int, default=1, help="GPUs for the train step")
+    comp.add_argument("--node-selector-key", default="cloud.google.com/gke-accelerator")
+    comp.add_argument("--node-selector-value", default="nvidia-tesla-a100")
+    comp.add_argument("--taint-key", default="nvidia.com/gpu", help="taint the GPU pool carries")
+    comp.add_argument("--taint-value", default="present")
+    comp.set_defaults(func=_cmd_compile)
+
+    serve = sub.add_parser("serve", help="start (or stop) the local KServe model server on 127.0.0.1",
+                           description="Start the KServe ModelServer in the background on 127.0.0.1 over a model "
+                                       "folder (default: the latest trained model); prints the base URL last.")
+    serve.add_argument("--model", help="exported model folder (default: the latest trained model)")
+    serve.add_argument("--port", type=int, help="port (default 8080, or a free one)")
+    serve.add_argument("--stop", action="store_true", help="stop the running local server")
+    serve.add_argument("--status", action="store_true", help="show the running local server, if any")
+    serve.set_defaults(func=_cmd_serve)
+
+    pred = sub.add_parser("predict", help="ask the served model about clauses",
+                          description="Send clauses to the served model (V1 protocol) and print the unfair "
+                                      "categories found with their scores.")
+    pred.add_argument("text", nargs="+", help="one or more clauses")
+    pred.add_argument("--url", help="server base URL (default: the local server)")
+    pred.add_argument("--json", action="store_true", help="print the raw JSON response")
+    pred.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tosguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The embedded main job: the pipeline through kfp.local's SubprocessRunner, then a summary."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from components.config import TrainConfig, home
+
+log = logging.getLogger(__name__)
+STEPS = ("download", "tokenize", "train", "evaluate", "deploy")
+
+
+def _find_run(run_name: str) -> dict:
+    import mlflow
+
+    from components.tracking import EXPERIMENT, run_info, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    runs = mlflow.search_runs(
+        experiment_names=[EXPERIMENT], filter_string=f"tags.`mlflow.runName` = '{run_name}'", output_format="list"
+    )
+    if not runs:
+        raise RuntimeError(f"no MLflow run named {run_name!r} at {tracking_uri()}")
+    return run_info(runs[0].info.run_id)
+
+
+def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: bool = True) -> dict:
+    """Run the whole pipeline locally; write and return summary.json's content."""
+    from kfp import local
+
+    from pipelines.pipeline import tosguard_pipeline
+
+    output_dir = output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Steps run in subprocesses: hand them the same home (MLflow sqlite, local server).
+    os.environ["TOSGUARD_HOME"] = str(home())
+    run_name = f"tosguard-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(output_dir / "artifacts"),
+        raise_on_error=True,
+    )
+    started = time.time()
+    tosguard_pipeline(
+        run_name=run_name, source=source, base_model=config.base_model, method=config.method,
+        epochs=config.epochs, max_steps=config.max_steps, train_subset=config.train_subset,
+        validation_subset=config.validation_subset, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, lora_r=config.lora_r, max_length=config.max_length,
+        seed=config.seed, deploy=deploy,
+    )
+    wall = time.time() - started
+    info = _find_run(run_name)
+    metrics, tags = info["metrics"], info["tags"]
+    model_dir = tags.get("model_uri", "")
+    summary = {
+        "run_name": run_name,
+        "test": {
+            "micro_f1": metrics.get("test_micro_f1"),
+            "macro_f1": metrics.get("test_macro_f1"),
+            "per_category_f1": {k[len("test_f1."):]: v for k, v in metrics.items() if k.startswith("test_f1.")},
+        },
+        "validation": {"best_macro_f1": metrics.get("best_val_macro_f1"), "best_epoch": metrics.get("best_epoch")},
+        "mlflow": {
+            "tracking_uri": info["tracking_uri"],
+            "experiment_id": info["experiment_id"],
+            "run_id": info["run_id"],
+            "artifact_uri": info["artifact_uri"],
+        },
+        "artifacts": {
+            "pipeline_root": str(output_dir / "artifacts"),
+            "model": model_dir,
+            "report": str(output_dir / "report.md"),
+        },
+        "endpoint": tags.get("endpoint") if deploy else None,
+        "deployed": bool(deploy and tags.get("endpoint")),
+        "data_hash": tags.get("data_hash"),
+        "step_seconds": {s: round(metrics[f"step_seconds.{s}"], 1) for s in STEPS if f"step_seconds.{s}" in metrics},
+        "wall_seconds": round(wall, 1),
+        "config": asdict(config),
+        "source": source,
+    }
+    # Copy the report next to the summary so a person finds both in one place.
+    report = next((output_dir / "artifacts").glob("*/evaluate-model/report"), None)
+    if report:
+        (output_dir / "report.md").write_text(report.read_text())
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

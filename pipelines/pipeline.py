@@ -1,0 +1,89 @@
+"""The tosguard pipeline: download -> tokenize -> train -> evaluate -> deploy.
+
+Read top to bottom, this is the whole system. The same graph runs locally through
+kfp.local (embedded default) and on Kubeflow from the compiled YAML (cluster); only the
+parameters and the Kubernetes settings (ignored by kfp.local) differ.
+"""
+
+from dataclasses import dataclass
+
+from kfp import dsl, kubernetes
+
+from pipelines import steps
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """Where the train step runs in a cluster: an A100 node pool (defaults: GKE labels)."""
+
+    accelerator: str = "nvidia.com/gpu"
+    count: int = 1
+    node_selector_key: str = "cloud.google.com/gke-accelerator"
+    node_selector_value: str = "nvidia-tesla-a100"
+    taint_key: str = "nvidia.com/gpu"
+    taint_value: str = "present"
+    taint_effect: str = "NoSchedule"
+
+
+def make_pipeline(pool: GpuPool = GpuPool()):
+    @dsl.pipeline(
+        name="tosguard",
+        description="Fine-tune a transformer with QLoRA on LexGLUE UNFAIR-ToS, score it as LexGLUE does, serve it.",
+    )
+    def tosguard_pipeline(
+        run_name: str = "tosguard",
+        source: str = "bundled",
+        base_model: str = "sentence-transformers/all-MiniLM-L6-v2",
+        method: str = "qlora",
+        epochs: int = 4,
+        max_steps: int = 0,
+        train_subset: int = 0,
+        validation_subset: int = 0,
+        batch_size: int = 32,
+        learning_rate: float = 5e-4,
+        lora_r: int = 16,
+        max_length: int = 128,
+        seed: int = 42,
+        deploy: bool = True,
+    ):
+        run = steps.open_run(
+            run_name=run_name, source=source, base_model=base_model, method=method, epochs=epochs,
+            max_steps=max_steps, train_subset=train_subset, validation_subset=validation_subset,
+            batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+        ).set_display_name("Validate inputs, open MLflow run")
+
+        download = steps.download_data(source=source, mlflow_run_id=run.output)
+        download.set_display_name("Download UNFAIR-ToS")
+
+        tokenize = steps.tokenize_data(
+            raw_data=download.outputs["raw_data"], base_model=base_model, max_length=max_length,
+            mlflow_run_id=run.output,
+        ).set_display_name("Tokenize to Arrow")
+
+        train = steps.train_model(
+            tokenized_data=tokenize.outputs["tokenized_data"], base_model=base_model, method=method,
+            epochs=epochs, max_steps=max_steps, train_subset=train_subset,
+            validation_subset=validation_subset, batch_size=batch_size, learning_rate=learning_rate,
+            lora_r=lora_r, seed=seed, mlflow_run_id=run.output,
+        ).set_display_name("Fine-tune (QLoRA)")
+        train.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
+        train.set_cpu_limit("8").set_memory_limit("64G")
+        kubernetes.add_node_selector(train, pool.node_selector_key, pool.node_selector_value)
+        kubernetes.add_toleration(
+            train, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
+        )
+
+        evaluate = steps.evaluate_model(
+            tokenized_data=tokenize.outputs["tokenized_data"], model=train.outputs["model"],
+            mlflow_run_id=run.output,
+        ).set_display_name("Evaluate on LexGLUE test")
+
+        with dsl.If(deploy == True):  # noqa: E712 (a pipeline channel, not a Python bool)
+            steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run.output).after(
+                evaluate
+            ).set_display_name("Deploy (local KServe)")
+
+    return tosguard_pipeline
+
+
+tosguard_pipeline = make_pipeline()

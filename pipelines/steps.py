@@ -1,0 +1,169 @@
+"""The pipeline's tasks: thin KFP components over the step functions in components/.
+
+Each body imports its heavy libraries itself, so compiling never imports torch. Every
+step resumes the pipeline's one MLflow run and records its own wall time there.
+"""
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from pipelines.images import BASE_IMAGE, TRAINER_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def open_run(
+    run_name: str,
+    source: str,
+    base_model: str,
+    method: str,
+    epochs: int,
+    max_steps: int,
+    train_subset: int,
+    validation_subset: int,
+    batch_size: int,
+    learning_rate: float,
+    lora_r: int,
+    seed: int,
+) -> str:
+    """Validate the pipeline's inputs, then open its MLflow run; returns the run id."""
+    from components.config import TrainConfig
+    from components.tracking import open_pipeline_run
+
+    config = TrainConfig(
+        base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
+        train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
+        learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+    ).validate()
+    if not source:
+        raise ValueError("source must name a data source, e.g. 'bundled'")
+    return open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in vars(config).items()}})
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def download_data(source: str, mlflow_run_id: str, raw_data: Output[Dataset]) -> str:
+    """Fetch, verify and validate UNFAIR-ToS; returns the data hash."""
+    import time
+
+    from components.download import download
+    from components.tracking import pipeline_run
+
+    started = time.time()
+    manifest = download(source, raw_data.path)
+    raw_data.metadata.update({"data_hash": manifest["data_hash"], "rows": manifest["rows"]})
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.set_tags({"data_hash": manifest["data_hash"], "data_source": source})
+        mlflow.log_dict(manifest, "data/manifest.json")
+        mlflow.log_metric("step_seconds.download", time.time() - started)
+    return manifest["data_hash"]
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def tokenize_data(
+    raw_data: Input[Dataset], base_model: str, max_length: int, mlflow_run_id: str, tokenized_data: Output[Dataset]
+):
+    """Tokenize every split to Arrow with the base model's fast tokenizer."""
+    import time
+
+    from components.tokenize import tokenize
+    from components.tracking import pipeline_run
+
+    started = time.time()
+    stats = tokenize(raw_data.path, base_model, max_length, tokenized_data.path)
+    tokenized_data.metadata.update({"base_model": base_model, "max_length": max_length})
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.log_dict(stats, "data/tokenize_stats.json")
+        mlflow.log_metric("step_seconds.tokenize", time.time() - started)
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def train_model(
+    tokenized_data: Input[Dataset],
+    base_model: str,
+    method: str,
+    epochs: int,
+    max_steps: int,
+    train_subset: int,
+    validation_subset: int,
+    batch_size: int,
+    learning_rate: float,
+    lora_r: int,
+    seed: int,
+    mlflow_run_id: str,
+    model: Output[Model],
+    curves: Output[Metrics],
+):
+    """Fine-tune (LoRA / QLoRA / full) and export the adapter and the merged model."""
+    import time
+
+    from components.config import TrainConfig
+    from components.tracking import pipeline_run
+    from components.train import train
+
+    config = TrainConfig(
+        base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
+        train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
+        learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+    )
+    started = time.time()
+    with pipeline_run(mlflow_run_id) as mlflow:
+        summary = train(tokenized_data.path, config, model.path, mlflow=mlflow)
+        mlflow.log_artifacts(model.path, "model")
+        mlflow.set_tag("model_uri", model.uri)
+        mlflow.log_metric("step_seconds.train", time.time() - started)
+    model.metadata.update({"method": method, "base_model": base_model, "best_epoch": summary["best_epoch"]})
+    for record in summary["history"]:
+        curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
+        curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
+    curves.log_metric("best_val_macro_f1", round(summary["best_val_macro_f1"], 2))
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate_model(
+    tokenized_data: Input[Dataset],
+    model: Input[Model],
+    mlflow_run_id: str,
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    scores: Output[Artifact],
+) -> NamedTuple("EvaluateOutputs", [("micro_f1", float), ("macro_f1", float)]):
+    """LexGLUE 8+1 micro/macro-F1 on the full test split, and the report."""
+    import time
+    from collections import namedtuple
+
+    from components.evaluate import evaluate, write_outputs
+    from components.tracking import pipeline_run
+
+    started = time.time()
+    result = evaluate(model.path, tokenized_data.path)
+    label = f"tosguard ({model.metadata.get('method', '?')}, this run)"
+    write_outputs(result, label, scores.path, report.path)
+    metrics.log_metric("test_micro_f1", round(result["micro_f1"], 2))
+    metrics.log_metric("test_macro_f1", round(result["macro_f1"], 2))
+    for name, value in result["per_category_f1"].items():
+        metrics.log_metric(f"f1 {name}", round(value, 2))
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.log_metrics({"test_micro_f1": result["micro_f1"], "test_macro_f1": result["macro_f1"]})
+        mlflow.log_metrics({f"test_f1.{k.replace(' ', '_').replace('(', '').replace(')', '')}": v
+                            for k, v in result["per_category_f1"].items()})
+        mlflow.log_artifact(report.path, "evaluation")
+        mlflow.log_dict(result, "evaluation/scores.json")
+        mlflow.log_metric("step_seconds.evaluate", time.time() - started)
+    outputs = namedtuple("EvaluateOutputs", ["micro_f1", "macro_f1"])
+    return outputs(result["micro_f1"], result["macro_f1"])
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def deploy_local(model: Input[Model], mlflow_run_id: str) -> str:
+    """Embedded deploy: (re)start the local KServe ModelServer on 127.0.0.1; returns its URL."""
+    import time
+
+    from components.deploy import start_local_server
+    from components.tracking import pipeline_run
+
+    started = time.time()
+    state = start_local_server(model.path)
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"]})
+        mlflow.log_metric("step_seconds.deploy", time.time() - started)
+    return state["url"]
