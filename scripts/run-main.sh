@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install, then run the whole pipeline (download to a
+# served model) with the embedded defaults. Extra arguments go to `tosguard run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh main
+exec .venv/bin/tosguard run "$@"

@@ -1,0 +1,74 @@
+"""Shared fixtures: small slices of the real vendored UNFAIR-ToS data, built once."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from components.download import SPLITS, bundled_dir
+
+# Slices keep every category present where the split has one, so metrics stay meaningful.
+SLICE_ROWS = {"train": 400, "validation": 160, "test": 160}
+
+
+def _slice(split: str, n: int) -> list[str]:
+    lines = (bundled_dir() / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    unfair = [l for l in lines if json.loads(l)["labels"]]
+    fair = [l for l in lines if not json.loads(l)["labels"]]
+    take_unfair = unfair[: n // 4]
+    return take_unfair + fair[: n - len(take_unfair)]
+
+
+@pytest.fixture(scope="session")
+def data_slice_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("unfair_tos_slice")
+    for split in SPLITS:
+        (folder / f"{split}.jsonl").write_text("".join(_slice(split, SLICE_ROWS[split])), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def raw_dir(data_slice_dir, tmp_path_factory) -> Path:
+    from components.download import download
+
+    out = tmp_path_factory.mktemp("raw") / "dataset"
+    download(str(data_slice_dir), str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenized_dir(raw_dir, tmp_path_factory) -> Path:
+    from components.modeling import DEFAULT_BASE_MODEL
+    from components.tokenize import tokenize
+
+    out = tmp_path_factory.mktemp("tokenized") / "dataset"
+    tokenize(str(raw_dir), DEFAULT_BASE_MODEL, 128, str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tokenized_dir, tmp_path_factory) -> Path:
+    """A LoRA model trained for a few steps on the slice (exported folder)."""
+    from components.config import TrainConfig
+    from components.train import train
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    train(str(tokenized_dir), TrainConfig(epochs=1, max_steps=12, batch_size=16, log_every=5), str(out))
+    return out
+
+
+@pytest.fixture
+def tosguard_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("TOSGUARD_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

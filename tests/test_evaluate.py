@@ -1,0 +1,23 @@
+"""Evaluate step: the score on a split and the report inside the LexGLUE table."""
+from components.evaluate import LEXGLUE_TABLE, evaluate, report_markdown
+from components.labels import CATEGORIES
+
+
+def test_evaluate_scores_every_row_and_fills_the_confusion(trained_model_dir, tokenized_dir):
+    scores = evaluate(str(trained_model_dir), str(tokenized_dir))
+    assert scores["rows"] == 160
+    assert 0 <= scores["macro_f1"] <= scores["micro_f1"] <= 100
+    for name in CATEGORIES:
+        c = scores["confusion"][name]
+        assert c["tp"] + c["fp"] + c["fn"] + c["tn"] == 160
+
+
+def test_report_places_the_run_inside_the_published_table():
+    per = {name: 50.0 for name in list(CATEGORIES) + ["None (fair)"]}
+    md = report_markdown({"micro_f1": 95.9, "macro_f1": 82.0, "per_category_f1": per, "rows": 1607}, "this run")
+    table = [l for l in md.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert len(table) == len(LEXGLUE_TABLE) + 1
+    names = [row.split("|")[2].strip() for row in table]
+    # 82.0 sits below Legal-BERT (83.0) and CaseLaw-BERT (82.3), above RoBERTa-large (81.6).
+    assert names[:3] == ["Legal-BERT (base)", "CaseLaw-BERT (base)", "**this run**"]
+    assert "rank 3 of 10" in md

@@ -1,0 +1,105 @@
+"""Train step: the model learns, only intended parameters change, export is consistent."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+
+from components.config import TrainConfig, preset
+from components.modeling import (
+    ClauseClassifier, build_classifier, load_exported, lora_targets, pad_batch, resolve_base_model, score_encoded,
+)
+from components.train import length_grouped_batches
+
+
+def test_length_grouped_batches_cover_every_row_once_and_group_lengths():
+    rng = np.random.default_rng(0)
+    lengths = list(rng.integers(5, 128, size=1000))
+    batches = length_grouped_batches(lengths, 32, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    random_padded = sum(32 * max(lengths[i] for i in range(s, min(s + 32, 1000))) for s in range(0, 1000, 32))
+    assert padded < 0.8 * random_padded, "grouping by length must cut pad tokens"
+
+
+def test_config_rejects_bad_values_with_a_clear_message():
+    with pytest.raises(ValueError, match="method must be one of"):
+        TrainConfig(method="dora").validate()
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        preset("quick", epochs=0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+    assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
+
+
+def test_lora_targets_per_architecture_and_override():
+    assert lora_targets("mpnet") == ["q", "k", "v", "o"]
+    assert lora_targets("bert", ["query"]) == ["query"]
+    with pytest.raises(ValueError, match="no default LoRA target modules"):
+        lora_targets("t5")
+
+
+def _few_steps(method, tokenized_dir, steps=6):
+    torch.manual_seed(0)
+    model = build_classifier(resolve_base_model("all-MiniLM-L6-v2"), method)
+    data = load_from_disk(str(tokenized_dir))["train"].select(range(24))
+    labels = torch.tensor(data["label_vector"])
+    model.init_bias_to_prior(labels.mean(0).numpy())
+    ids, mask = pad_batch(data["input_ids"], 0)
+    model.eval()  # no dropout: a repeatable loss to compare
+    model(ids[:2], mask[:2])  # bitsandbytes repacks 4-bit storage for the CPU on first use
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=2e-3 if method != "full" else 1e-4)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(ids, mask), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    changed = {k for k, v in model.named_parameters() if not torch.equal(before[k], v.detach())}
+    return model, losses, changed
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapter_methods_train_only_adapters_and_head(method, tokenized_dir):
+    model, losses, changed = _few_steps(method, tokenized_dir)
+    assert losses[-1] < losses[0]
+    assert changed, "some parameters must move"
+    for name in changed:
+        assert "lora_" in name or name.startswith("classifier."), f"{name} changed but is frozen by design"
+    assert any(n.startswith("classifier.") for n in changed)
+    if method == "qlora":
+        import bitsandbytes as bnb
+
+        linear4 = [m for m in model.encoder.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert linear4, "QLoRA must hold a 4-bit base"
+        assert linear4[0].weight.quant_state.quant_type == "nf4"
+        assert not isinstance(model.classifier, bnb.nn.Linear4bit)
+
+
+def test_trained_export_loads_without_peft_and_matches_the_adapter(trained_model_dir, tokenized_dir):
+    from peft import PeftModel
+
+    card = json.loads((trained_model_dir / "tosguard.json").read_text())
+    assert card["thresholds"] == [0.5] * 8 and card["pooling"] == "mean"
+    assert (trained_model_dir / "model.safetensors").is_file()
+    assert (trained_model_dir / "adapter" / "adapter_model.safetensors").is_file()
+    merged, tokenizer, _ = load_exported(str(trained_model_dir))
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+    # The same head over base + adapter (peft) must give the merged model's scores.
+    from components.modeling import load_encoder
+
+    adapter_encoder = PeftModel.from_pretrained(
+        load_encoder(resolve_base_model("all-MiniLM-L6-v2")), str(trained_model_dir / "adapter")
+    )
+    via_adapter = ClauseClassifier(adapter_encoder)
+    via_adapter.classifier.load_state_dict(merged.classifier.state_dict())
+    ids = load_from_disk(str(tokenized_dir))["test"]["input_ids"][:40]
+    a = score_encoded(merged, ids, tokenizer.pad_token_id)
+    b = score_encoded(via_adapter, ids, tokenizer.pad_token_id)
+    assert np.abs(a - b).max() < 1e-4
