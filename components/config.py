@@ -73,7 +73,7 @@ PRESETS: dict[str, TrainConfig] = {
     # About 10 minutes on 2 CPU cores: 4 epochs of LoRA r=16 on all-MiniLM-L6-v2.
     "default": TrainConfig(),
     # A small budget that still trains, evaluates on the full test split and serves.
-    "quick": TrainConfig(epochs=1, max_steps=40, train_subset=1024, validation_subset=256, log_every=5),
+    "quick": TrainConfig(epochs=2, max_steps=64, train_subset=1024, validation_subset=256),
 }
 
 

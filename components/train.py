@@ -107,6 +107,8 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None)
         total_steps = min(total_steps, config.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    # Log at least ~20 points of the loss curve, even for short runs.
+    log_every = max(1, min(config.log_every, total_steps // 20))
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -144,7 +146,7 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None)
             seen += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
-            if mlflow and step % config.log_every == 0:
+            if mlflow and step % log_every == 0:
                 mlflow.log_metric("train_loss", running / seen, step=step)
             if step >= total_steps:
                 break

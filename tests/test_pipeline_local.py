@@ -1,0 +1,86 @@
+"""The main job end to end: `tosguard run --preset quick` through kfp.local, then the
+served model answers over HTTP, and `tosguard serve` / `--stop` manage the server."""
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from components.labels import CATEGORIES
+from pipelines.cli import main
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def stop_server_after(tosguard_home):
+    yield
+    main(["serve", "--stop"])
+
+
+def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_after, monkeypatch, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("TOSGUARD_PORT", str(free_port()))
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "quick", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    printed = capsys.readouterr().out
+    assert f"macro-F1 {summary['test']['macro_f1']:.1f}" in printed
+    assert summary["endpoint"] in printed and "summary.json" in printed
+
+    # Evaluate scored the full test split with the LexGLUE metric.
+    scores = json.loads(next(Path(summary["artifacts"]["pipeline_root"]).glob("*/evaluate-model/scores")).read_text())
+    assert scores["rows"] == 1607
+    assert scores["macro_f1"] == pytest.approx(summary["test"]["macro_f1"])
+    assert set(scores["per_category_f1"]) == set(CATEGORIES) | {"None (fair)"}
+    report = (out / "report.md").read_text()
+    assert "Legal-BERT (base)" in report and "this run" in report
+
+    # Every step left its artifact.
+    model_dir = Path(summary["artifacts"]["model"])
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "classifier.safetensors", "tosguard.json",
+                 "adapter/adapter_model.safetensors"):
+        assert (model_dir / name).is_file(), name
+    root = Path(summary["artifacts"]["pipeline_root"])
+    assert next(root.glob("*/download-data/raw_data/manifest.json"))
+    assert next(root.glob("*/tokenize-data/tokenized_data/dataset_dict.json"))
+    assert set(summary["step_seconds"]) == {"download", "tokenize", "train", "evaluate", "deploy"}
+
+    # One MLflow run holds params, the per-step loss curve, validation and test metrics, artifacts.
+    mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
+    client = MlflowClient()
+    run = client.get_run(summary["mlflow"]["run_id"])
+    assert run.data.params["train.method"] == "lora"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 4
+    assert client.get_metric_history(run.info.run_id, "val_macro_f1")
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(summary["test"]["macro_f1"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "evaluation", "data"} <= artifacts
+    assert "report" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "evaluation")}
+
+    # The served model answers over HTTP on loopback (V1 protocol), via the CLI as well.
+    assert summary["endpoint"].startswith("http://127.0.0.1:") and summary["deployed"] is True
+    body = requests.post(f"{summary['endpoint']}/v1/models/tosguard:predict",
+                         json={"instances": ["we may change these terms at any time ."]}, timeout=30).json()
+    assert set(body["predictions"][0]["scores"]) == set(CATEGORIES)
+    assert main(["predict", "we may change these terms at any time ."]) == 0
+    assert "top:" in capsys.readouterr().out
+
+    # Stop, then serve the latest model again: the URL is the last line printed.
+    assert main(["serve", "--stop"]) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(summary["endpoint"], timeout=2)
+    assert main(["serve"]) == 0
+    url = capsys.readouterr().out.strip().splitlines()[-1]
+    assert requests.get(f"{url}/v1/models/tosguard", timeout=5).json()["ready"] is True
+
+
+def test_predict_without_a_server_says_how_to_start_one(tosguard_home):
+    with pytest.raises(SystemExit, match="tosguard serve"):
+        main(["predict", "some clause"])
+
+
+def test_bad_options_fail_before_any_work(tosguard_home, capsys):
+    assert main(["run", "--epochs", "0"]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
