@@ -102,7 +102,9 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 def start_local_server(model_dir: str, port: int | None = None, timeout: float = 180.0) -> dict:
     """(Re)start the managed ModelServer on 127.0.0.1 over model_dir; wait until ready."""
-    model_dir = str(Path(model_dir).resolve())
+    from components.storage import fetch_folder
+
+    model_dir = str(fetch_folder(model_dir).resolve())
     if not (Path(model_dir) / "tosguard.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not an exported tosguard model folder")
     stop_local_server()
@@ -139,3 +141,107 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
     _state_path().write_text(json.dumps(state, indent=2))
     log.info("serving %s at %s (pid %d, log %s)", model_dir, url, process.pid, log_path)
     return state
+
+
+# -- Cluster: a KServe InferenceService created or patched through the Kubernetes API --------
+
+KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+
+
+def build_inference_service(
+    name: str,
+    namespace: str,
+    storage_uri: str,
+    image: str,
+    service_account: str = "tosguard-predictor",
+    cpu: str = "1",
+    memory: str = "2Gi",
+    cpu_limit: str = "2",
+    memory_limit: str = "4Gi",
+) -> dict:
+    """The InferenceService, built with the kserve SDK models, as a JSON-ready dict.
+
+    A custom predictor container running the tosguard serving image; KServe's storage
+    initializer fetches ``storageUri`` (credentials from the service account's secret)
+    into /mnt/models before the container starts.
+    """
+    from kubernetes import client as k8s
+    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
+
+    container = k8s.V1Container(
+        name="kserve-container",
+        image=image,
+        args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"],
+        env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri)],
+        ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
+        resources=k8s.V1ResourceRequirements(
+            requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu_limit, "memory": memory_limit}
+        ),
+        readiness_probe=k8s.V1Probe(
+            http_get=k8s.V1HTTPGetAction(path=f"/v1/models/{MODEL_NAME}", port=8080),
+            initial_delay_seconds=5, period_seconds=5,
+        ),
+    )
+    isvc = V1beta1InferenceService(
+        api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",
+        kind="InferenceService",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "tosguard"}),
+        spec=V1beta1InferenceServiceSpec(
+            predictor=V1beta1PredictorSpec(service_account_name=service_account, containers=[container])
+        ),
+    )
+    return k8s.ApiClient().sanitize_for_serialization(isvc)
+
+
+def _is_ready(obj: dict) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and str(c.get("status")) == "True" for c in conditions)
+
+
+def deploy_inference_service(
+    body: dict, api_client=None, timeout: float = 600.0, poll_seconds: float = 5.0
+) -> dict:
+    """Create the InferenceService, or patch it if it exists (idempotent); wait for Ready.
+
+    Returns {"name", "namespace", "action": "created"|"patched", "url"}. Raises TimeoutError
+    when it is not Ready in time, with its last conditions in the message.
+    """
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    if api_client is None:
+        try:
+            k8s_config.load_incluster_config()
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()
+        api_client = k8s.ApiClient()
+    api = k8s.CustomObjectsApi(api_client)
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    args = (KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL)
+    try:
+        api.get_namespaced_custom_object(*args, name)
+        exists = True
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+        exists = False
+    if exists:
+        api.patch_namespaced_custom_object(*args, name, body)
+        action = "patched"
+    else:
+        api.create_namespaced_custom_object(*args, body)
+        action = "created"
+    log.info("InferenceService %s/%s %s; waiting for Ready (up to %.0f s)", namespace, name, action, timeout)
+    deadline = time.time() + timeout
+    while True:
+        obj = api.get_namespaced_custom_object(*args, name)
+        if _is_ready(obj):
+            url = (obj.get("status") or {}).get("url", "")
+            log.info("InferenceService %s/%s is Ready at %s", namespace, name, url)
+            return {"name": name, "namespace": namespace, "action": action, "url": url}
+        if time.time() > deadline:
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            raise TimeoutError(
+                f"InferenceService {namespace}/{name} not Ready after {timeout:.0f} s; conditions: {conditions}"
+            )
+        time.sleep(poll_seconds)

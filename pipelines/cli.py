@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start (or stop) the local KServe model server on 127.0.0.1",
                            description="Start the KServe ModelServer in the background on 127.0.0.1 over a model "
                                        "folder (default: the latest trained model); prints the base URL last.")
-    serve.add_argument("--model", help="exported model folder (default: the latest trained model)")
+    serve.add_argument("--model", help="model folder or store URI, file://... or s3://... "
+                                       "(default: the latest trained model)")
     serve.add_argument("--port", type=int, help="port (default 8080, or a free one)")
     serve.add_argument("--stop", action="store_true", help="stop the running local server")
     serve.add_argument("--status", action="store_true", help="show the running local server, if any")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from kfp import dsl, kubernetes
 
 from pipelines import steps
+from pipelines.images import SERVING_IMAGE
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ def make_pipeline(pool: GpuPool = GpuPool()):
         max_length: int = 128,
         seed: int = 42,
         deploy: bool = True,
+        deploy_target: str = "kserve",
+        service_name: str = "tosguard",
+        namespace: str = "tosguard",
+        serving_image: str = SERVING_IMAGE,
+        service_account: str = "tosguard-predictor",
+        ready_timeout_s: int = 900,
     ):
         run = steps.open_run(
             run_name=run_name, source=source, base_model=base_model, method=method, epochs=epochs,
@@ -79,9 +86,16 @@ def make_pipeline(pool: GpuPool = GpuPool()):
         ).set_display_name("Evaluate on LexGLUE test")
 
         with dsl.If(deploy == True):  # noqa: E712 (a pipeline channel, not a Python bool)
-            steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run.output).after(
-                evaluate
-            ).set_display_name("Deploy (local KServe)")
+            with dsl.If(deploy_target == "kserve"):
+                steps.deploy_kserve(
+                    model=train.outputs["model"], mlflow_run_id=run.output, service_name=service_name,
+                    namespace=namespace, serving_image=serving_image, service_account=service_account,
+                    ready_timeout_s=ready_timeout_s,
+                ).after(evaluate).set_display_name("Deploy InferenceService (KServe)")
+            with dsl.Else():
+                steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run.output).after(
+                    evaluate
+                ).set_display_name("Deploy (local KServe ModelServer)")
 
     return tosguard_pipeline
 

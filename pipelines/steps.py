@@ -8,7 +8,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from pipelines.images import BASE_IMAGE, TRAINER_IMAGE
+from pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -167,3 +167,28 @@ def deploy_local(model: Input[Model], mlflow_run_id: str) -> str:
         mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"]})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return state["url"]
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def deploy_kserve(
+    model: Input[Model],
+    mlflow_run_id: str,
+    service_name: str,
+    namespace: str,
+    serving_image: str,
+    service_account: str,
+    ready_timeout_s: int,
+) -> str:
+    """Cluster deploy: create or patch the InferenceService over the model's URI; returns its URL."""
+    import time
+
+    from components.deploy import build_inference_service, deploy_inference_service
+    from components.tracking import pipeline_run
+
+    started = time.time()
+    body = build_inference_service(service_name, namespace, model.uri, serving_image, service_account)
+    result = deploy_inference_service(body, timeout=ready_timeout_s)
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}"})
+        mlflow.log_metric("step_seconds.deploy", time.time() - started)
+    return result["url"]

@@ -1,0 +1,96 @@
+"""The cluster deploy: an InferenceService built with the kserve SDK, created or patched
+through the Kubernetes API (a kmock fake API server on 127.0.0.1), waited on until Ready."""
+import asyncio
+import threading
+import time
+
+import kmock
+import pytest
+from kubernetes import client as k8s
+
+from components.deploy import KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION, build_inference_service, deploy_inference_service
+
+NS, NAME = "tosguard", "tosguard"
+
+
+def _body(image="registry.example/tosguard-serving:1", uri="s3://bucket/models/tosguard/v1"):
+    return build_inference_service(NAME, NS, uri, image, "tosguard-predictor")
+
+
+def test_inference_service_is_built_from_sdk_models():
+    from kserve import V1beta1InferenceService
+
+    body = _body()
+    assert body["apiVersion"] == "serving.kserve.io/v1beta1" and body["kind"] == "InferenceService"
+    predictor = body["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == "tosguard-predictor"
+    (container,) = predictor["containers"]
+    assert container["image"] == "registry.example/tosguard-serving:1"
+    assert {"name": "STORAGE_URI", "value": "s3://bucket/models/tosguard/v1"} in container["env"]
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/tosguard"
+    # Every key is one the SDK model knows (camelCase attribute map).
+    assert set(body) <= set(V1beta1InferenceService.attribute_map.values())
+
+
+def _with_fake_cluster(work, mark_ready_after: float | None):
+    """Run work(api_client) in a thread against a kmock Kubernetes emulator; optionally a
+    second thread plays the KServe controller and marks the service Ready."""
+
+    async def main():
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+            emulator.resources[f"{KSERVE_GROUP}/{KSERVE_VERSION}/{KSERVE_PLURAL}"] = kmock.ResourceInfo(
+                namespaced=True, kind="InferenceService", verbs={"get", "list", "create", "patch", "delete"})
+            url = str(server.url).rstrip("/")
+            assert url.startswith("http://127.0.0.1:")
+            api_client = k8s.ApiClient(k8s.Configuration(host=url))
+            stop = threading.Event()
+
+            def controller():
+                api = k8s.CustomObjectsApi(api_client)
+                while not stop.is_set():
+                    try:
+                        api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
+                    except k8s.ApiException:
+                        time.sleep(0.05)
+                        continue
+                    time.sleep(mark_ready_after)
+                    api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
+                        "status": {"url": f"http://{NAME}.{NS}.example.com",
+                                   "conditions": [{"type": "Ready", "status": "True"}]}})
+                    return
+
+            helper = None
+            if mark_ready_after is not None:
+                helper = threading.Thread(target=controller, daemon=True)
+                helper.start()
+            try:
+                return await asyncio.to_thread(work, api_client)
+            finally:
+                stop.set()
+
+    return asyncio.run(main())
+
+
+def test_create_then_patch_is_idempotent_and_waits_for_ready():
+    def work(api_client):
+        first = deploy_inference_service(_body(), api_client=api_client, timeout=20, poll_seconds=0.1)
+        second = deploy_inference_service(_body(image="registry.example/tosguard-serving:2"),
+                                          api_client=api_client, timeout=20, poll_seconds=0.1)
+        stored = k8s.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
+        return first, second, stored
+
+    first, second, stored = _with_fake_cluster(work, mark_ready_after=0.3)
+    assert first == {"name": NAME, "namespace": NS, "action": "created", "url": f"http://{NAME}.{NS}.example.com"}
+    assert second["action"] == "patched" and second["url"] == first["url"]
+    assert stored["spec"]["predictor"]["containers"][0]["image"] == "registry.example/tosguard-serving:2"
+
+
+def test_not_ready_in_time_is_a_timeout_naming_the_service():
+    def work(api_client):
+        with pytest.raises(TimeoutError, match=f"InferenceService {NS}/{NAME} not Ready after 1 s"):
+            deploy_inference_service(_body(), api_client=api_client, timeout=1, poll_seconds=0.1)
+        return True
+
+    assert _with_fake_cluster(work, mark_ready_after=None)
