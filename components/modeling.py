@@ -183,7 +183,10 @@ def load_exported(model_dir: str) -> tuple[ClauseClassifier, object, dict]:
     if not card_path.is_file():
         raise FileNotFoundError(f"{folder} is not a tosguard model folder ({MODEL_CARD} missing)")
     card = json.loads(card_path.read_text())
-    encoder = AutoModel.from_pretrained(str(folder))
+    from transformers import AutoConfig
+
+    kwargs = {"add_pooling_layer": False} if AutoConfig.from_pretrained(str(folder)).model_type in _HAS_POOLER else {}
+    encoder = AutoModel.from_pretrained(str(folder), **kwargs)
     model = ClauseClassifier(encoder, num_categories=len(card["categories"]))
     model.classifier.load_state_dict(load_file(str(folder / HEAD_FILE)))
     model.eval()
@@ -201,9 +204,30 @@ def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     return ids, mask
 
 
+def length_sorted_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Indices in batches of similar length: at most max_rows rows and, when max_tokens is
+    set, at most max_tokens padded tokens (rows x longest row) per batch, so short clauses
+    go in big batches and long ones in small batches with little padding either way."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and end - start < max_rows and (
+            max_tokens is None or (end - start + 1) * lengths[order[end]] <= max_tokens
+        ):
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
 @torch.inference_mode()
 def score_encoded(
-    model: ClauseClassifier, input_ids: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 64
+    model: ClauseClassifier,
+    input_ids: Sequence[Sequence[int]],
+    pad_token_id: int,
+    batch_size: int = 64,
+    max_batch_tokens: int | None = None,
 ) -> np.ndarray:
     """Sigmoid score per category for each encoded clause, in input order.
 
@@ -212,10 +236,8 @@ def score_encoded(
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
-    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
     scores = np.zeros((len(input_ids), model.classifier.out_features), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_batches([len(ids) for ids in input_ids], batch_size, max_batch_tokens):
         ids, mask = pad_batch([input_ids[i] for i in chunk], pad_token_id)
         logits = model(ids.to(device), mask.to(device))
         scores[chunk] = torch.sigmoid(logits.float()).cpu().numpy()
