@@ -146,13 +146,44 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
 # -- Cluster: a KServe InferenceService created or patched through the Kubernetes API --------
 
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+RUNTIME_VERSION, RUNTIME_PLURAL = "v1alpha1", "servingruntimes"
+MODEL_FORMAT = "tosguard"
+
+
+def build_serving_runtime(name: str, namespace: str, image: str) -> dict:
+    """The ServingRuntime that runs tosguard's serving image for models of format 'tosguard'."""
+    from kubernetes import client as k8s
+    from kserve import V1alpha1ServingRuntime, V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
+
+    container = k8s.V1Container(
+        name="kserve-container",
+        image=image,
+        args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"],
+        ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
+        readiness_probe=k8s.V1Probe(
+            http_get=k8s.V1HTTPGetAction(path=f"/v1/models/{MODEL_NAME}", port=8080),
+            initial_delay_seconds=5, period_seconds=5,
+        ),
+        security_context=k8s.V1SecurityContext(run_as_non_root=True, allow_privilege_escalation=False),
+    )
+    runtime = V1alpha1ServingRuntime(
+        api_version=f"{KSERVE_GROUP}/{RUNTIME_VERSION}",
+        kind="ServingRuntime",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "tosguard"}),
+        spec=V1alpha1ServingRuntimeSpec(
+            supported_model_formats=[V1alpha1SupportedModelFormat(name=MODEL_FORMAT, version="1", auto_select=True)],
+            protocol_versions=["v1", "v2"],
+            containers=[container],
+        ),
+    )
+    return k8s.ApiClient().sanitize_for_serialization(runtime)
 
 
 def build_inference_service(
     name: str,
     namespace: str,
     storage_uri: str,
-    image: str,
+    runtime: str,
     service_account: str = "tosguard-predictor",
     cpu: str = "1",
     memory: str = "2Gi",
@@ -161,25 +192,21 @@ def build_inference_service(
 ) -> dict:
     """The InferenceService, built with the kserve SDK models, as a JSON-ready dict.
 
-    A custom predictor container running the tosguard serving image; KServe's storage
-    initializer fetches ``storageUri`` (credentials from the service account's secret)
-    into /mnt/models before the container starts.
+    KServe's storage initializer fetches ``storageUri`` (credentials from the service
+    account's secret) into /mnt/models, where the runtime's predictor loads it.
     """
     from kubernetes import client as k8s
-    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
+    from kserve import (
+        V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat, V1beta1ModelSpec,
+        V1beta1PredictorSpec,
+    )
 
-    container = k8s.V1Container(
-        name="kserve-container",
-        image=image,
-        args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"],
-        env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri)],
-        ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
+    model = V1beta1ModelSpec(
+        model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version="1"),
+        runtime=runtime,
+        storage_uri=storage_uri,
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu_limit, "memory": memory_limit}
-        ),
-        readiness_probe=k8s.V1Probe(
-            http_get=k8s.V1HTTPGetAction(path=f"/v1/models/{MODEL_NAME}", port=8080),
-            initial_delay_seconds=5, period_seconds=5,
         ),
     )
     isvc = V1beta1InferenceService(
@@ -187,7 +214,7 @@ def build_inference_service(
         kind="InferenceService",
         metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "tosguard"}),
         spec=V1beta1InferenceServiceSpec(
-            predictor=V1beta1PredictorSpec(service_account_name=service_account, containers=[container])
+            predictor=V1beta1PredictorSpec(service_account_name=service_account, model=model)
         ),
     )
     return k8s.ApiClient().sanitize_for_serialization(isvc)
@@ -198,10 +225,27 @@ def _is_ready(obj: dict) -> bool:
     return any(c.get("type") == "Ready" and str(c.get("status")) == "True" for c in conditions)
 
 
+def _apply(api, version: str, plural: str, body: dict) -> str:
+    """Create the object, or merge-patch it when it exists. Returns 'created' or 'patched'."""
+    from kubernetes import client as k8s
+
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    args = (KSERVE_GROUP, version, namespace, plural)
+    try:
+        api.get_namespaced_custom_object(*args, name)
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+        api.create_namespaced_custom_object(*args, body)
+        return "created"
+    api.patch_namespaced_custom_object(*args, name, body)
+    return "patched"
+
+
 def deploy_inference_service(
-    body: dict, api_client=None, timeout: float = 600.0, poll_seconds: float = 5.0
+    isvc: dict, runtime: dict | None = None, api_client=None, timeout: float = 600.0, poll_seconds: float = 5.0
 ) -> dict:
-    """Create the InferenceService, or patch it if it exists (idempotent); wait for Ready.
+    """Apply the ServingRuntime (if given) and the InferenceService, idempotently; wait for Ready.
 
     Returns {"name", "namespace", "action": "created"|"patched", "url"}. Raises TimeoutError
     when it is not Ready in time, with its last conditions in the message.
@@ -216,25 +260,14 @@ def deploy_inference_service(
             k8s_config.load_kube_config()
         api_client = k8s.ApiClient()
     api = k8s.CustomObjectsApi(api_client)
-    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    args = (KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL)
-    try:
-        api.get_namespaced_custom_object(*args, name)
-        exists = True
-    except k8s.ApiException as exc:
-        if exc.status != 404:
-            raise
-        exists = False
-    if exists:
-        api.patch_namespaced_custom_object(*args, name, body)
-        action = "patched"
-    else:
-        api.create_namespaced_custom_object(*args, body)
-        action = "created"
+    if runtime is not None:
+        _apply(api, RUNTIME_VERSION, RUNTIME_PLURAL, runtime)
+    action = _apply(api, KSERVE_VERSION, KSERVE_PLURAL, isvc)
+    name, namespace = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
     log.info("InferenceService %s/%s %s; waiting for Ready (up to %.0f s)", namespace, name, action, timeout)
     deadline = time.time() + timeout
     while True:
-        obj = api.get_namespaced_custom_object(*args, name)
+        obj = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
         if _is_ready(obj):
             url = (obj.get("status") or {}).get("url", "")
             log.info("InferenceService %s/%s is Ready at %s", namespace, name, url)

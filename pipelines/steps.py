@@ -182,12 +182,13 @@ def deploy_kserve(
     """Cluster deploy: create or patch the InferenceService over the model's URI; returns its URL."""
     import time
 
-    from components.deploy import build_inference_service, deploy_inference_service
+    from components.deploy import build_inference_service, build_serving_runtime, deploy_inference_service
     from components.tracking import pipeline_run
 
     started = time.time()
-    body = build_inference_service(service_name, namespace, model.uri, serving_image, service_account)
-    result = deploy_inference_service(body, timeout=ready_timeout_s)
+    runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image)
+    isvc = build_inference_service(service_name, namespace, model.uri, f"{service_name}-runtime", service_account)
+    result = deploy_inference_service(isvc, runtime, timeout=ready_timeout_s)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}"})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)

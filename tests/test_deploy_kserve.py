@@ -8,29 +8,43 @@ import kmock
 import pytest
 from kubernetes import client as k8s
 
-from components.deploy import KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION, build_inference_service, deploy_inference_service
+from components.deploy import (
+    KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION, RUNTIME_PLURAL, RUNTIME_VERSION, build_inference_service,
+    build_serving_runtime, deploy_inference_service,
+)
 
 NS, NAME = "tosguard", "tosguard"
 
 
-def _body(image="registry.example/tosguard-serving:1", uri="s3://bucket/models/tosguard/v1"):
-    return build_inference_service(NAME, NS, uri, image, "tosguard-predictor")
+def _body(uri="s3://bucket/models/tosguard/v1"):
+    return build_inference_service(NAME, NS, uri, "tosguard-runtime", "tosguard-predictor")
 
 
-def test_inference_service_is_built_from_sdk_models():
-    from kserve import V1beta1InferenceService
+def _runtime(image="registry.example/tosguard-serving:1"):
+    return build_serving_runtime("tosguard-runtime", NS, image)
+
+
+def test_inference_service_and_runtime_are_built_from_sdk_models():
+    from kserve import V1alpha1ServingRuntimeSpec, V1beta1InferenceService, V1beta1ModelSpec
 
     body = _body()
     assert body["apiVersion"] == "serving.kserve.io/v1beta1" and body["kind"] == "InferenceService"
     predictor = body["spec"]["predictor"]
     assert predictor["serviceAccountName"] == "tosguard-predictor"
-    (container,) = predictor["containers"]
-    assert container["image"] == "registry.example/tosguard-serving:1"
-    assert {"name": "STORAGE_URI", "value": "s3://bucket/models/tosguard/v1"} in container["env"]
-    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/tosguard"
-    # Every key is one the SDK model knows (camelCase attribute map).
+    model = predictor["model"]
+    assert model["storageUri"] == "s3://bucket/models/tosguard/v1"
+    assert model["runtime"] == "tosguard-runtime" and model["modelFormat"]["name"] == "tosguard"
+    assert model["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    # Every key is one the SDK models know (camelCase attribute maps).
     assert set(body) <= set(V1beta1InferenceService.attribute_map.values())
+    assert set(model) <= set(V1beta1ModelSpec.attribute_map.values())
+
+    runtime = _runtime()
+    assert set(runtime["spec"]) <= set(V1alpha1ServingRuntimeSpec.attribute_map.values())
+    (container,) = runtime["spec"]["containers"]
+    assert container["image"] == "registry.example/tosguard-serving:1"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/tosguard"
+    assert runtime["spec"]["supportedModelFormats"][0]["name"] == "tosguard"
 
 
 def _with_fake_cluster(work, mark_ready_after: float | None):
@@ -41,6 +55,8 @@ def _with_fake_cluster(work, mark_ready_after: float | None):
         async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
             emulator.resources[f"{KSERVE_GROUP}/{KSERVE_VERSION}/{KSERVE_PLURAL}"] = kmock.ResourceInfo(
                 namespaced=True, kind="InferenceService", verbs={"get", "list", "create", "patch", "delete"})
+            emulator.resources[f"{KSERVE_GROUP}/{RUNTIME_VERSION}/{RUNTIME_PLURAL}"] = kmock.ResourceInfo(
+                namespaced=True, kind="ServingRuntime", verbs={"get", "list", "create", "patch", "delete"})
             url = str(server.url).rstrip("/")
             assert url.startswith("http://127.0.0.1:")
             api_client = k8s.ApiClient(k8s.Configuration(host=url))
@@ -74,17 +90,22 @@ def _with_fake_cluster(work, mark_ready_after: float | None):
 
 def test_create_then_patch_is_idempotent_and_waits_for_ready():
     def work(api_client):
-        first = deploy_inference_service(_body(), api_client=api_client, timeout=20, poll_seconds=0.1)
-        second = deploy_inference_service(_body(image="registry.example/tosguard-serving:2"),
+        first = deploy_inference_service(_body(), _runtime(), api_client=api_client, timeout=20, poll_seconds=0.1)
+        second = deploy_inference_service(_body(uri="s3://bucket/models/tosguard/v2"),
+                                          _runtime(image="registry.example/tosguard-serving:2"),
                                           api_client=api_client, timeout=20, poll_seconds=0.1)
-        stored = k8s.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
-        return first, second, stored
+        api = k8s.CustomObjectsApi(api_client)
+        stored = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
+        runtime = api.get_namespaced_custom_object(KSERVE_GROUP, RUNTIME_VERSION, NS, RUNTIME_PLURAL, "tosguard-runtime")
+        listed = api.list_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL)["items"]
+        return first, second, stored, runtime, listed
 
-    first, second, stored = _with_fake_cluster(work, mark_ready_after=0.3)
+    first, second, stored, runtime, listed = _with_fake_cluster(work, mark_ready_after=0.3)
     assert first == {"name": NAME, "namespace": NS, "action": "created", "url": f"http://{NAME}.{NS}.example.com"}
     assert second["action"] == "patched" and second["url"] == first["url"]
-    assert stored["spec"]["predictor"]["containers"][0]["image"] == "registry.example/tosguard-serving:2"
+    assert stored["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/models/tosguard/v2"
+    assert runtime["spec"]["containers"][0]["image"] == "registry.example/tosguard-serving:2"
+    assert len(listed) == 1
 
 
 def test_not_ready_in_time_is_a_timeout_naming_the_service():
