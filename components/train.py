@@ -58,10 +58,46 @@ def _validate(model, ds, pad_id: int, threshold: float) -> dict:
     return lexglue_scores(gold, predict_from_probabilities(scores, [threshold] * len(CATEGORIES)))
 
 
-def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None) -> dict:
+def checkpoint_dir_for(config: TrainConfig, data_fingerprint: str) -> Path:
+    """Where a run's checkpoints live: keyed by the config and the data, so re-running the
+    same step (after a kill or a preemption) finds them. TOSGUARD_CHECKPOINT_DIR can point
+    at durable storage (a mounted volume in a cluster)."""
+    import hashlib
+    import os
+
+    from components.config import home
+
+    root = Path(os.environ.get("TOSGUARD_CHECKPOINT_DIR", home() / "checkpoints"))
+    key = hashlib.sha256((config.to_json() + data_fingerprint).encode()).hexdigest()[:16]
+    return root / key
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a kill mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def train(
+    tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None
+) -> dict:
     """Train, pick the best validation epoch, export to output_dir. Returns a summary.
 
     mlflow: an active MLflow module (inside tracking.pipeline_run) or None.
+    checkpoint_dir: where to keep resumable checkpoints (default: keyed by config and data
+    under the tosguard home). A run finding a checkpoint there continues from it.
     """
     from datasets import load_from_disk
     from tqdm.auto import tqdm
@@ -82,7 +118,8 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None)
 
     targets = [t for t in config.target_modules.split(",") if t] or None
     model = build_classifier(
-        base_path, config.method, config.lora_r, config.lora_alpha, config.lora_dropout, targets, compute_dtype
+        base_path, config.method, config.lora_r, config.lora_alpha, config.lora_dropout, targets, compute_dtype,
+        config.gradient_checkpointing,
     )
     labels = np.asarray(train_ds["label_vector"], dtype=np.float32)
     model.init_bias_to_prior(labels.mean(axis=0))
@@ -116,21 +153,55 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None)
         "train: %s on %s, %d rows, %d steps, trainable %d of %d parameters, device %s",
         config.method, config.base_model, len(train_ds), total_steps, trainable, total, device,
     )
-    if mlflow:
-        mlflow.log_params({f"train.{k}": v for k, v in vars(config).items()})
-        mlflow.log_params({"train.trainable_parameters": trainable, "train.total_parameters": total})
 
     lengths = list(train_ds["length"])
     ids_column = train_ds["input_ids"]
     rng = np.random.default_rng(config.seed)
     best = {"macro_f1": -1.0, "epoch": 0, "state": None}
     history, step, stale = [], 0, 0
+    start_epoch, start_batch, running, seen = 1, 0, 0.0, 0
+    epoch_rng_state = None
+
+    fingerprint = f"{len(train_ds)}:{sum(lengths)}:{labels.sum():.0f}:{Path(tokenized_dir).name}"
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else checkpoint_dir_for(config, fingerprint)
+    ckpt_path = ckpt_dir / "checkpoint.pt"
+    resumed_from = 0
+    if config.checkpoint_every and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in ckpt["trainable"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _restore_rng(ckpt["rng"])
+        step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
+        epoch_rng_state, running, seen = ckpt["epoch_rng_state"], ckpt["running"], ckpt["seen"]
+        history, best, stale = ckpt["history"], ckpt["best"], ckpt["stale"]
+        resumed_from = step
+        log.info("train: resuming from checkpoint %s at step %d (epoch %d, batch %d)", ckpt_path, step,
+                 start_epoch, start_batch)
+    if mlflow:
+        mlflow.log_params({f"train.{k}": v for k, v in vars(config).items()})
+        mlflow.log_params({"train.trainable_parameters": trainable, "train.total_parameters": total})
+        if resumed_from:
+            mlflow.set_tag("train.resumed_from_step", resumed_from)
+
     started = time.time()
-    progress = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
-    for epoch in range(1, config.epochs + 1):
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+    for epoch in range(start_epoch, config.epochs + 1):
+        if step >= total_steps:
+            break
+        resuming_epoch = resumed_from and epoch == start_epoch
+        if resuming_epoch:
+            rng.bit_generator.state = epoch_rng_state  # the same batch order as before the kill
+        else:
+            running, seen = 0.0, 0
+        epoch_rng_state = rng.bit_generator.state
         model.train()
-        running, seen = 0.0, 0
-        for batch in length_grouped_batches(lengths, config.batch_size, rng):
+        for index, batch in enumerate(length_grouped_batches(lengths, config.batch_size, rng)):
+            if resuming_epoch and index < start_batch:
+                continue
             ids, mask = pad_batch([ids_column[i] for i in batch], pad_id)
             target = torch.from_numpy(labels[batch]).to(device)
             with torch.autocast(device.type, dtype=compute_dtype, enabled=cuda):
@@ -148,6 +219,13 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None)
             progress.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
             if mlflow and step % log_every == 0:
                 mlflow.log_metric("train_loss", running / seen, step=step)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+                _save_checkpoint(ckpt_path, {
+                    "trainable": {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                    "step": step, "epoch": epoch, "batch": index + 1, "epoch_rng_state": epoch_rng_state,
+                    "running": running, "seen": seen, "history": history, "best": best, "stale": stale,
+                })
             if step >= total_steps:
                 break
         val = _validate(model, val_ds, pad_id, config.threshold)
@@ -191,12 +269,16 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None)
         "best_epoch": best["epoch"],
         "val_macro_f1": best["macro_f1"],
     }
-    model.cpu() if config.method != "qlora" else None
+    if config.method != "qlora":
+        model.cpu()
     export(model, base_path, config.method, tokenizer, output_dir, card)
+    # Finished and exported: the checkpoint has done its job.
+    ckpt_path.unlink(missing_ok=True)
     summary = {
         "best_epoch": best["epoch"],
         "best_val_macro_f1": best["macro_f1"],
         "steps": step,
+        "resumed_from_step": resumed_from,
         "train_seconds": train_seconds,
         "history": history,
         "trainable_parameters": trainable,

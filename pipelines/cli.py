@@ -18,6 +18,7 @@ def _cmd_run(args) -> int:
     config = preset(
         args.preset, epochs=args.epochs, max_steps=args.max_steps, train_subset=args.train_subset,
         method=args.method, base_model=args.base_model, seed=args.seed, learning_rate=args.learning_rate,
+        checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
     )
     output = Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"tosguard: running the pipeline ({args.preset} preset, {config.method}, {config.base_model}); "
@@ -121,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local): download to a served model",
                          description="Run download, tokenize, train, evaluate and deploy through kfp.local's "
                                      "SubprocessRunner on this machine, then print and save a summary.")
-    run.add_argument("--preset", choices=["quick", "default"], default="default",
-                     help="default: full data, 4 epochs (~10 min on 2 cores); quick: a small budget that still "
-                          "trains, evaluates on the full test split and serves")
+    run.add_argument("--preset", choices=["quick", "default", "quality"], default="default",
+                     help="default: all-MiniLM-L6-v2, full data, up to 4 epochs (~9 min on 2 cores); quick: a "
+                          "small budget that still trains, evaluates on the full test split and serves (~2 min); "
+                          "quality: all-mpnet-base-v2, up to 3 epochs (about 15 min an epoch on 2 cores)")
     run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
     run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
@@ -131,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--base-model", help="HF model id or folder (default: all-MiniLM-L6-v2, shipped offline)")
     run.add_argument("--learning-rate", type=float, help="learning rate of the encoder's trainable weights")
     run.add_argument("--seed", type=int, help="random seed")
+    run.add_argument("--checkpoint-every", type=int,
+                     help="optimizer steps between resumable checkpoints (0: none; default 50)")
+    run.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                     help="recompute activations in the backward pass to save memory")
     run.add_argument("--source", default="bundled",
                      help="data source: bundled (default), a folder of train/validation/test .jsonl, or hf://...")
     run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")

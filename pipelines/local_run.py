@@ -50,7 +50,8 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
         epochs=config.epochs, max_steps=config.max_steps, train_subset=config.train_subset,
         validation_subset=config.validation_subset, batch_size=config.batch_size,
         learning_rate=config.learning_rate, lora_r=config.lora_r, max_length=config.max_length,
-        seed=config.seed, deploy=deploy, deploy_target="local",
+        seed=config.seed, checkpoint_every=config.checkpoint_every,
+        gradient_checkpointing=config.gradient_checkpointing, deploy=deploy, deploy_target="local",
     )
     wall = time.time() - started
     info = _find_run(run_name)

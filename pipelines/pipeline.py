@@ -45,6 +45,8 @@ def make_pipeline(pool: GpuPool = GpuPool()):
         lora_r: int = 16,
         max_length: int = 128,
         seed: int = 42,
+        checkpoint_every: int = 50,
+        gradient_checkpointing: bool = False,
         deploy: bool = True,
         deploy_target: str = "kserve",
         service_name: str = "tosguard",
@@ -57,6 +59,7 @@ def make_pipeline(pool: GpuPool = GpuPool()):
             run_name=run_name, source=source, base_model=base_model, method=method, epochs=epochs,
             max_steps=max_steps, train_subset=train_subset, validation_subset=validation_subset,
             batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+            checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
         ).set_display_name("Validate inputs, open MLflow run")
 
         download = steps.download_data(source=source, mlflow_run_id=run.output)
@@ -71,7 +74,8 @@ def make_pipeline(pool: GpuPool = GpuPool()):
             tokenized_data=tokenize.outputs["tokenized_data"], base_model=base_model, method=method,
             epochs=epochs, max_steps=max_steps, train_subset=train_subset,
             validation_subset=validation_subset, batch_size=batch_size, learning_rate=learning_rate,
-            lora_r=lora_r, seed=seed, mlflow_run_id=run.output,
+            lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every,
+            gradient_checkpointing=gradient_checkpointing, mlflow_run_id=run.output,
         ).set_display_name("Fine-tune (QLoRA)")
         train.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
         train.set_cpu_limit("8").set_memory_limit("64G")

@@ -25,6 +25,8 @@ def open_run(
     learning_rate: float,
     lora_r: int,
     seed: int,
+    checkpoint_every: int,
+    gradient_checkpointing: bool,
 ) -> str:
     """Validate the pipeline's inputs, then open its MLflow run; returns the run id."""
     from components.config import TrainConfig
@@ -33,7 +35,8 @@ def open_run(
     config = TrainConfig(
         base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
         train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
-        learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+        learning_rate=learning_rate, lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every,
+        gradient_checkpointing=gradient_checkpointing,
     ).validate()
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")
@@ -89,6 +92,8 @@ def train_model(
     learning_rate: float,
     lora_r: int,
     seed: int,
+    checkpoint_every: int,
+    gradient_checkpointing: bool,
     mlflow_run_id: str,
     model: Output[Model],
     curves: Output[Metrics],
@@ -103,7 +108,8 @@ def train_model(
     config = TrainConfig(
         base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
         train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
-        learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+        learning_rate=learning_rate, lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every,
+        gradient_checkpointing=gradient_checkpointing,
     )
     started = time.time()
     with pipeline_run(mlflow_run_id) as mlflow:

@@ -3,5 +3,8 @@
 # served model) with the embedded defaults. Extra arguments go to `tosguard run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh main
+case " $* " in
+  *" --preset quality "*|*" --preset=quality "*) bash scripts/setup.sh quality ;;
+  *) bash scripts/setup.sh main ;;
+esac
 exec .venv/bin/tosguard run "$@"

@@ -103,3 +103,66 @@ def test_trained_export_loads_without_peft_and_matches_the_adapter(trained_model
     a = score_encoded(merged, ids, tokenizer.pad_token_id)
     b = score_encoded(via_adapter, ids, tokenizer.pad_token_id)
     assert np.abs(a - b).max() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["full"])
+def test_full_fine_tuning_trains_encoder_and_head(method, tokenized_dir):
+    model, losses, changed = _few_steps(method, tokenized_dir)
+    assert losses[-1] < losses[0]
+    assert any(n.startswith("encoder.") for n in changed) and any(n.startswith("classifier.") for n in changed)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+
+
+_CHILD = """
+import sys, time
+import components.train as t
+from components.config import TrainConfig
+original = t._save_checkpoint
+def save_then_stall(path, state):
+    original(path, state)
+    if state["step"] == 8:
+        print("SAVED 8", flush=True)
+        time.sleep(120)  # the parent kills us here, mid-epoch
+t._save_checkpoint = save_then_stall
+config = TrainConfig.from_json(sys.argv[1])
+t.train(sys.argv[2], config, sys.argv[3], checkpoint_dir=sys.argv[4])
+print("FINISHED", flush=True)
+"""
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tokenized_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from components.train import train
+
+    config = TrainConfig(epochs=1, max_steps=16, batch_size=8, checkpoint_every=4, validation_subset=32, seed=7)
+    ckpt = tmp_path / "ckpt"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, config.to_json(), str(tokenized_dir), str(tmp_path / "killed"), str(ckpt)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "SAVED 8", line
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        child.kill()
+    assert (ckpt / "checkpoint.pt").is_file()
+    assert not (tmp_path / "killed" / "tosguard.json").exists(), "the killed run never exported"
+
+    resumed = train(str(tokenized_dir), config, str(tmp_path / "resumed"), checkpoint_dir=str(ckpt))
+    assert resumed["resumed_from_step"] == 8
+    assert resumed["steps"] == 16
+    assert not (ckpt / "checkpoint.pt").exists(), "a finished run removes its checkpoint"
+
+    fresh = train(str(tokenized_dir), config, str(tmp_path / "fresh"), checkpoint_dir=str(tmp_path / "ckpt2"))
+    assert fresh["resumed_from_step"] == 0
+    # Resuming restores weights, optimizer, schedule, RNG and data position: same result.
+    assert resumed["history"][0]["train_loss"] == pytest.approx(fresh["history"][0]["train_loss"], rel=1e-4)
+    a, tok, _ = load_exported(str(tmp_path / "resumed"))
+    b, _, _ = load_exported(str(tmp_path / "fresh"))
+    ids = load_from_disk(str(tokenized_dir))["test"]["input_ids"][:32]
+    assert np.abs(score_encoded(a, ids, tok.pad_token_id) - score_encoded(b, ids, tok.pad_token_id)).max() < 1e-4
