@@ -58,24 +58,22 @@ def make_pipeline(pool: GpuPool = GpuPool()):
         run = steps.open_run(
             run_name=run_name, source=source, base_model=base_model, method=method, epochs=epochs,
             max_steps=max_steps, train_subset=train_subset, validation_subset=validation_subset,
-            batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, seed=seed,
+            batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, max_length=max_length, seed=seed,
             checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
         ).set_display_name("Validate inputs, open MLflow run")
+        run_id = run.outputs["mlflow_run_id"]
 
-        download = steps.download_data(source=source, mlflow_run_id=run.output)
+        download = steps.download_data(source=source, mlflow_run_id=run_id)
         download.set_display_name("Download UNFAIR-ToS")
 
         tokenize = steps.tokenize_data(
             raw_data=download.outputs["raw_data"], base_model=base_model, max_length=max_length,
-            mlflow_run_id=run.output,
+            mlflow_run_id=run_id,
         ).set_display_name("Tokenize to Arrow")
 
         train = steps.train_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], base_model=base_model, method=method,
-            epochs=epochs, max_steps=max_steps, train_subset=train_subset,
-            validation_subset=validation_subset, batch_size=batch_size, learning_rate=learning_rate,
-            lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every,
-            gradient_checkpointing=gradient_checkpointing, mlflow_run_id=run.output,
+            tokenized_data=tokenize.outputs["tokenized_data"], train_config=run.outputs["train_config"],
+            mlflow_run_id=run_id,
         ).set_display_name("Fine-tune (QLoRA)")
         train.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
         train.set_cpu_limit("8").set_memory_limit("64G")
@@ -86,18 +84,18 @@ def make_pipeline(pool: GpuPool = GpuPool()):
 
         evaluate = steps.evaluate_model(
             tokenized_data=tokenize.outputs["tokenized_data"], model=train.outputs["model"],
-            mlflow_run_id=run.output,
+            mlflow_run_id=run_id,
         ).set_display_name("Evaluate on LexGLUE test")
 
         with dsl.If(deploy == True):  # noqa: E712 (a pipeline channel, not a Python bool)
             with dsl.If(deploy_target == "kserve"):
                 steps.deploy_kserve(
-                    model=train.outputs["model"], mlflow_run_id=run.output, service_name=service_name,
+                    model=train.outputs["model"], mlflow_run_id=run_id, service_name=service_name,
                     namespace=namespace, serving_image=serving_image, service_account=service_account,
                     ready_timeout_s=ready_timeout_s,
                 ).after(evaluate).set_display_name("Deploy InferenceService (KServe)")
             with dsl.Else():
-                steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run.output).after(
+                steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run_id).after(
                     evaluate
                 ).set_display_name("Deploy (local KServe ModelServer)")
 

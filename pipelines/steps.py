@@ -24,23 +24,30 @@ def open_run(
     batch_size: int,
     learning_rate: float,
     lora_r: int,
+    max_length: int,
     seed: int,
     checkpoint_every: int,
     gradient_checkpointing: bool,
-) -> str:
-    """Validate the pipeline's inputs, then open its MLflow run; returns the run id."""
+) -> NamedTuple("RunOutputs", [("mlflow_run_id", str), ("train_config", str)]):
+    """Validate the pipeline's inputs, then open its MLflow run.
+
+    Returns the run id and the validated training config (JSON) that train reads.
+    """
+    from collections import namedtuple
+
     from components.config import TrainConfig
     from components.tracking import open_pipeline_run
 
     config = TrainConfig(
         base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
         train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
-        learning_rate=learning_rate, lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every,
-        gradient_checkpointing=gradient_checkpointing,
+        learning_rate=learning_rate, lora_r=lora_r, max_length=max_length, seed=seed,
+        checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
     ).validate()
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")
-    return open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in vars(config).items()}})
+    run_id = open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in vars(config).items()}})
+    return namedtuple("RunOutputs", ["mlflow_run_id", "train_config"])(run_id, config.to_json())
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -82,18 +89,7 @@ def tokenize_data(
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def train_model(
     tokenized_data: Input[Dataset],
-    base_model: str,
-    method: str,
-    epochs: int,
-    max_steps: int,
-    train_subset: int,
-    validation_subset: int,
-    batch_size: int,
-    learning_rate: float,
-    lora_r: int,
-    seed: int,
-    checkpoint_every: int,
-    gradient_checkpointing: bool,
+    train_config: str,
     mlflow_run_id: str,
     model: Output[Model],
     curves: Output[Metrics],
@@ -105,19 +101,14 @@ def train_model(
     from components.tracking import pipeline_run
     from components.train import train
 
-    config = TrainConfig(
-        base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
-        train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
-        learning_rate=learning_rate, lora_r=lora_r, seed=seed, checkpoint_every=checkpoint_every,
-        gradient_checkpointing=gradient_checkpointing,
-    )
+    config = TrainConfig.from_json(train_config)
     started = time.time()
     with pipeline_run(mlflow_run_id) as mlflow:
         summary = train(tokenized_data.path, config, model.path, mlflow=mlflow)
         mlflow.log_artifacts(model.path, "model")
         mlflow.set_tag("model_uri", model.uri)
         mlflow.log_metric("step_seconds.train", time.time() - started)
-    model.metadata.update({"method": method, "base_model": base_model, "best_epoch": summary["best_epoch"]})
+    model.metadata.update({"method": config.method, "base_model": config.base_model, "best_epoch": summary["best_epoch"]})
     for record in summary["history"]:
         curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
         curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
