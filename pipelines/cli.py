@@ -113,6 +113,13 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _plain(text: str) -> str:
+    """Drop the terminal colour codes kfp puts in its messages."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tosguard", description="Find unfair clauses in Terms of Service (LexGLUE UNFAIR-ToS, KFP, KServe)."
@@ -182,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"tosguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if args.command != "run":
+            raise
+        # kfp.local reports which task failed; its own log is printed above.
+        print(f"tosguard run: {_plain(str(exc))}\nThe failed task's log is above. Fix the cause and run the same "
+              "command again: training resumes from its last checkpoint.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

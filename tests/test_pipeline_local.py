@@ -84,3 +84,13 @@ def test_predict_without_a_server_says_how_to_start_one(tosguard_home):
 def test_bad_options_fail_before_any_work(tosguard_home, capsys):
     assert main(["run", "--epochs", "0"]) == 2
     assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.jsonl").write_text('{"text": "a clause .", "labels": [12]}\n')
+    assert main(["run", "--preset", "quick", "--source", str(folder), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "Inner task failed: 'download-data'" in err and "run the same command again" in err
