@@ -166,3 +166,23 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tokenized_dir, tmp_p
     b, _, _ = load_exported(str(tmp_path / "fresh"))
     ids = load_from_disk(str(tokenized_dir))["test"]["input_ids"][:32]
     assert np.abs(score_encoded(a, ids, tok.pad_token_id) - score_encoded(b, ids, tok.pad_token_id)).max() < 1e-4
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenized_dir):
+    """Recomputing activations must not change what LoRA learns (non-reentrant checkpointing)."""
+    from components.modeling import build_classifier
+
+    data = load_from_disk(str(tokenized_dir))["train"].select(range(8))
+    ids, mask = pad_batch(data["input_ids"], 0)
+    labels = torch.tensor(data["label_vector"])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_classifier(resolve_base_model("all-MiniLM-L6-v2"), "lora", gradient_checkpointing=checkpointing)
+        model.eval()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(ids, mask), labels).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    plain, recomputed = grads
+    assert set(plain) == set(recomputed) and any("lora_" in n for n in plain)
+    for name in plain:
+        assert torch.allclose(plain[name], recomputed[name], atol=1e-6), name
