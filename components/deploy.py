@@ -202,6 +202,7 @@ def build_inference_service(
     )
 
     model = V1beta1ModelSpec(
+        name="kserve-container",
         model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version="1"),
         runtime=runtime,
         storage_uri=storage_uri,
