@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from components.labels import CATEGORIES, NONE_COLUMN
-from components.metrics import lexglue_scores, predict_from_probabilities
+from components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
 from components.modeling import load_exported, score_encoded
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,13 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
             "tn": int(((gold[:, i] == 0) & (predicted[:, i] == 0)).sum()),
         }
         for i, name in enumerate(CATEGORIES)
+    }
+    # Multi-label confusion over the 8+1 columns: cell (i, j) counts clauses whose gold set
+    # holds column i and whose predicted set holds column j.
+    gold9, pred9 = with_none_column(gold), with_none_column(predicted)
+    scores["confusion_matrix"] = {
+        "labels": list(CATEGORIES) + [NONE_COLUMN],
+        "matrix": (gold9.T @ pred9).astype(int).tolist(),
     }
     log.info("evaluate: %s micro-F1 %.1f macro-F1 %.1f", split, scores["micro_f1"], scores["macro_f1"])
     return scores

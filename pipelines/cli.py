@@ -41,14 +41,33 @@ def _cmd_run(args) -> int:
 def _cmd_compile(args) -> int:
     from kfp import compiler
 
-    from pipelines.pipeline import GpuPool, make_pipeline
+    from pipelines.pipeline import ClusterSettings, GpuPool, make_pipeline
 
     pool = GpuPool(
         node_selector_key=args.node_selector_key, node_selector_value=args.node_selector_value,
         taint_key=args.taint_key, taint_value=args.taint_value, count=args.gpus,
     )
-    compiler.Compiler().compile(make_pipeline(pool), package_path=args.output)
+    cluster = ClusterSettings(s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret, caching=not args.no_cache)
+    compiler.Compiler().compile(make_pipeline(pool, cluster), package_path=args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_submit(args) -> int:
+    from pipelines.submit import parse_params, submit
+
+    result = submit(args.host, args.namespace, args.experiment, args.run_name, parse_params(args.param),
+                    enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
+    print(f"submitted run {result['run_id']}: {result['url']}")
+    return 0
+
+
+def _cmd_schedule(args) -> int:
+    from pipelines.submit import parse_params, schedule
+
+    result = schedule(args.host, args.namespace, args.experiment, args.name, args.cron, parse_params(args.param),
+                      enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
+    print(f"scheduled recurring run {result['recurring_run_id']} ({args.cron}, at most one at a time)")
     return 0
 
 
@@ -159,7 +178,34 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--node-selector-value", default="nvidia-tesla-a100")
     comp.add_argument("--taint-key", default="nvidia.com/gpu", help="taint the GPU pool carries")
     comp.add_argument("--taint-value", default="present")
+    comp.add_argument("--s3-secret", default="tosguard-s3",
+                      help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3")
+    comp.add_argument("--mlflow-secret", default="tosguard-mlflow",
+                      help="Secret with MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD")
+    comp.add_argument("--no-cache", action="store_true", help="turn caching off for every task (a fresh run)")
     comp.set_defaults(func=_cmd_compile)
+
+    def kfp_options(p):
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")
+        p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
+        p.add_argument("--experiment", default="tosguard", help="experiment name (created if missing)")
+        p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="pipeline parameter, repeatable (e.g. --param method=qlora --param epochs=4)")
+        p.add_argument("--pipeline", help="a compiled pipeline YAML (default: compile the current one)")
+        p.add_argument("--no-cache", action="store_true", help="run every task afresh")
+
+    subm = sub.add_parser("submit", help="submit one pipeline run to Kubeflow Pipelines",
+                          description="Compile the pipeline and submit a run through the KFP API.")
+    kfp_options(subm)
+    subm.add_argument("--run-name", default="tosguard", help="run name shown in the Kubeflow UI")
+    subm.set_defaults(func=_cmd_submit)
+
+    sched = sub.add_parser("schedule", help="schedule recurring retraining on Kubeflow Pipelines",
+                           description="Create a recurring run with a cron schedule, at most one run at a time.")
+    kfp_options(sched)
+    sched.add_argument("--cron", required=True, help="6-field cron, seconds first, e.g. '0 0 3 * * 1'")
+    sched.add_argument("--name", default="tosguard-retraining", help="recurring run name")
+    sched.set_defaults(func=_cmd_schedule)
 
     serve = sub.add_parser("serve", help="start (or stop) the local KServe model server on 127.0.0.1",
                            description="Start the KServe ModelServer in the background on 127.0.0.1 over a model "

@@ -26,7 +26,33 @@ class GpuPool:
     taint_effect: str = "NoSchedule"
 
 
-def make_pipeline(pool: GpuPool = GpuPool()):
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Credentials (Kubernetes Secrets, exposed to steps as env) and per-task resources."""
+
+    s3_secret: str = "tosguard-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3
+    mlflow_secret: str = "tosguard-mlflow"  # keys MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, ..._PASSWORD
+    caching: bool = True  # False: every task runs afresh (compile/submit --no-cache)
+
+
+_S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
+_MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _on_cluster(task, cluster: ClusterSettings, cpu: str, memory: str, network_retries: int = 0):
+    """Resources, credentials from Secrets, retries for steps that talk to the network.
+    kfp.local ignores all of these; the compiled YAML carries them."""
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+    kubernetes.use_secret_as_env(task, cluster.s3_secret, {k: k for k in _S3_KEYS})
+    kubernetes.use_secret_as_env(task, cluster.mlflow_secret, {k: k for k in _MLFLOW_KEYS})
+    if network_retries:
+        task.set_retry(num_retries=network_retries, backoff_duration="30s", backoff_factor=2.0)
+    if not cluster.caching:
+        task.set_caching_options(False)
+    return task
+
+
+def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterSettings()):
     @dsl.pipeline(
         name="tosguard",
         description="Fine-tune a transformer with QLoRA on LexGLUE UNFAIR-ToS, score it as LexGLUE does, serve it.",
@@ -61,22 +87,29 @@ def make_pipeline(pool: GpuPool = GpuPool()):
             batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, max_length=max_length, seed=seed,
             checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
         ).set_display_name("Validate inputs, open MLflow run")
+        _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
         run_id = run.outputs["mlflow_run_id"]
 
         download = steps.download_data(source=source, mlflow_run_id=run_id)
         download.set_display_name("Download UNFAIR-ToS")
+        _on_cluster(download, cluster, "1", "4Gi", network_retries=3)
+        # Never cached: a cached download would hide changed data. Later steps take the
+        # data hash as an input, so their cache keys change whenever the data does.
+        download.set_caching_options(False)
+        data_hash = download.outputs["Output"]
 
         tokenize = steps.tokenize_data(
-            raw_data=download.outputs["raw_data"], base_model=base_model, max_length=max_length,
-            mlflow_run_id=run_id,
+            raw_data=download.outputs["raw_data"], data_hash=data_hash, base_model=base_model,
+            max_length=max_length, mlflow_run_id=run_id,
         ).set_display_name("Tokenize to Arrow")
+        _on_cluster(tokenize, cluster, "2", "8Gi", network_retries=2)
 
         train = steps.train_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], train_config=run.outputs["train_config"],
-            mlflow_run_id=run_id,
+            tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash,
+            train_config=run.outputs["train_config"], mlflow_run_id=run_id,
         ).set_display_name("Fine-tune (QLoRA)")
+        _on_cluster(train, cluster, "8", "64Gi", network_retries=2)
         train.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
-        train.set_cpu_limit("8").set_memory_limit("64G")
         kubernetes.add_node_selector(train, pool.node_selector_key, pool.node_selector_value)
         kubernetes.add_toleration(
             train, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
@@ -84,20 +117,24 @@ def make_pipeline(pool: GpuPool = GpuPool()):
 
         evaluate = steps.evaluate_model(
             tokenized_data=tokenize.outputs["tokenized_data"], model=train.outputs["model"],
-            mlflow_run_id=run_id,
+            data_hash=data_hash, mlflow_run_id=run_id,
         ).set_display_name("Evaluate on LexGLUE test")
+        _on_cluster(evaluate, cluster, "4", "8Gi", network_retries=2)
 
         with dsl.If(deploy == True):  # noqa: E712 (a pipeline channel, not a Python bool)
             with dsl.If(deploy_target == "kserve"):
-                steps.deploy_kserve(
+                deploy_isvc = steps.deploy_kserve(
                     model=train.outputs["model"], mlflow_run_id=run_id, service_name=service_name,
                     namespace=namespace, serving_image=serving_image, service_account=service_account,
                     ready_timeout_s=ready_timeout_s,
                 ).after(evaluate).set_display_name("Deploy InferenceService (KServe)")
+                _on_cluster(deploy_isvc, cluster, "500m", "1Gi", network_retries=3)
+                deploy_isvc.set_caching_options(False)
             with dsl.Else():
-                steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run_id).after(
+                deploy_here = steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run_id).after(
                     evaluate
                 ).set_display_name("Deploy (local KServe ModelServer)")
+                deploy_here.set_caching_options(False)
 
     return tosguard_pipeline
 

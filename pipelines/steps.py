@@ -6,7 +6,7 @@ step resumes the pipeline's one MLflow run and records its own wall time there.
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE
 
@@ -70,7 +70,12 @@ def download_data(source: str, mlflow_run_id: str, raw_data: Output[Dataset]) ->
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def tokenize_data(
-    raw_data: Input[Dataset], base_model: str, max_length: int, mlflow_run_id: str, tokenized_data: Output[Dataset]
+    raw_data: Input[Dataset],
+    data_hash: str,
+    base_model: str,
+    max_length: int,
+    mlflow_run_id: str,
+    tokenized_data: Output[Dataset],
 ):
     """Tokenize every split to Arrow with the base model's fast tokenizer."""
     import time
@@ -80,7 +85,7 @@ def tokenize_data(
 
     started = time.time()
     stats = tokenize(raw_data.path, base_model, max_length, tokenized_data.path)
-    tokenized_data.metadata.update({"base_model": base_model, "max_length": max_length})
+    tokenized_data.metadata.update({"base_model": base_model, "max_length": max_length, "data_hash": data_hash})
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.log_dict(stats, "data/tokenize_stats.json")
         mlflow.log_metric("step_seconds.tokenize", time.time() - started)
@@ -89,6 +94,7 @@ def tokenize_data(
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def train_model(
     tokenized_data: Input[Dataset],
+    data_hash: str,
     train_config: str,
     mlflow_run_id: str,
     model: Output[Model],
@@ -108,7 +114,8 @@ def train_model(
         mlflow.log_artifacts(model.path, "model")
         mlflow.set_tag("model_uri", model.uri)
         mlflow.log_metric("step_seconds.train", time.time() - started)
-    model.metadata.update({"method": config.method, "base_model": config.base_model, "best_epoch": summary["best_epoch"]})
+    model.metadata.update({"method": config.method, "base_model": config.base_model,
+                           "best_epoch": summary["best_epoch"], "data_hash": data_hash})
     for record in summary["history"]:
         curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
         curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
@@ -119,8 +126,10 @@ def train_model(
 def evaluate_model(
     tokenized_data: Input[Dataset],
     model: Input[Model],
+    data_hash: str,
     mlflow_run_id: str,
     metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
     report: Output[Markdown],
     scores: Output[Artifact],
 ) -> NamedTuple("EvaluateOutputs", [("micro_f1", float), ("macro_f1", float)]):
@@ -139,6 +148,8 @@ def evaluate_model(
     metrics.log_metric("test_macro_f1", round(result["macro_f1"], 2))
     for name, value in result["per_category_f1"].items():
         metrics.log_metric(f"f1 {name}", round(value, 2))
+    classification.log_confusion_matrix(result["confusion_matrix"]["labels"], result["confusion_matrix"]["matrix"])
+    scores.metadata["data_hash"] = data_hash
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.log_metrics({"test_micro_f1": result["micro_f1"], "test_macro_f1": result["macro_f1"]})
         mlflow.log_metrics({f"test_f1.{k.replace(' ', '_').replace('(', '').replace(')', '')}": v

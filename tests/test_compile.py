@@ -45,3 +45,56 @@ def test_pool_labels_are_configurable_and_yaml_loads_back(tmp_path):
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "tosguard"
     assert {"source", "method", "epochs", "deploy"} <= set(loaded.component_spec.inputs)
+
+
+def _tasks(spec_doc):
+    """Every task of the compiled graph, nested condition branches included."""
+    found = {}
+    for component in [spec_doc["root"]] + list(spec_doc["components"].values()):
+        for name, task in component.get("dag", {}).get("tasks", {}).items():
+            found[name] = task
+    return found
+
+
+def test_every_task_is_named_resourced_credentialed_and_cached_safely(tmp_path):
+    _, spec_doc, platform_doc = _compile(tmp_path)
+    tasks = _tasks(spec_doc)
+    steps = {"open-run", "download-data", "tokenize-data", "train-model", "evaluate-model", "deploy-kserve",
+             "deploy-local"}
+    assert steps <= set(tasks)
+    for name in steps:
+        assert tasks[name]["taskInfo"]["name"][0].isupper(), f"{name} has a display name"
+    # Download is never cached; the steps after it take the data hash as an input.
+    assert tasks["download-data"]["cachingOptions"] == {}
+    for name in ("tokenize-data", "train-model", "evaluate-model"):
+        assert tasks[name]["inputs"]["parameters"]["data_hash"]["taskOutputParameter"]["producerTask"] == "download-data"
+        assert tasks[name]["cachingOptions"]["enableCache"] is True
+    # Steps that reach S3, MLflow or the Kubernetes API retry with backoff.
+    for name in ("open-run", "download-data", "deploy-kserve"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
+    executors = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-open-run", "exec-download-data", "exec-train-model", "exec-evaluate-model", "exec-deploy-kserve"):
+        secrets = {s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in executors[name]["secretAsEnv"]}
+        assert secrets["tosguard-s3"] == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"}
+        assert "MLFLOW_TRACKING_URI" in secrets["tosguard-mlflow"]
+    resources = {k: v["container"].get("resources", {}) for k, v in spec_doc["deploymentSpec"]["executors"].items()}
+    for name in ("exec-open-run", "exec-download-data", "exec-tokenize-data", "exec-evaluate-model"):
+        assert resources[name]["cpuLimit"] and resources[name]["memoryLimit"], name
+
+
+def test_no_cache_compiles_a_fresh_run(tmp_path):
+    _, spec_doc, _ = _compile(tmp_path, "--no-cache")
+    tasks = _tasks(spec_doc)
+    assert all(task.get("cachingOptions", {}).get("enableCache") is not True for task in tasks.values()
+               if "componentRef" in task and not task["componentRef"]["name"].startswith("comp-condition"))
+
+
+def test_evaluate_emits_ui_artifacts(tmp_path):
+    _, spec_doc, _ = _compile(tmp_path)
+    outputs = spec_doc["components"]["comp-evaluate-model"]["outputDefinitions"]["artifacts"]
+    kinds = {name: o["artifactType"]["schemaTitle"] for name, o in outputs.items()}
+    assert kinds["metrics"] == "system.Metrics"
+    assert kinds["classification"] == "system.ClassificationMetrics"
+    assert kinds["report"] == "system.Markdown"
+    assert spec_doc["components"]["comp-train-model"]["outputDefinitions"]["artifacts"]["curves"]["artifactType"][
+        "schemaTitle"] == "system.Metrics"

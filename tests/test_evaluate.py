@@ -10,6 +10,11 @@ def test_evaluate_scores_every_row_and_fills_the_confusion(trained_model_dir, to
     for name in CATEGORIES:
         c = scores["confusion"][name]
         assert c["tp"] + c["fp"] + c["fn"] + c["tn"] == 160
+    # The 9x9 gold-by-predicted matrix: its diagonal holds each category's true positives.
+    matrix = scores["confusion_matrix"]["matrix"]
+    assert len(matrix) == 9 and all(len(row) == 9 for row in matrix)
+    for i, name in enumerate(CATEGORIES):
+        assert matrix[i][i] == scores["confusion"][name]["tp"]
 
 
 def test_report_places_the_run_inside_the_published_table():

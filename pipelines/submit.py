@@ -1,0 +1,83 @@
+"""Submit the pipeline to a Kubeflow Pipelines API: one run, or a recurring (retraining) run."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+_CASTS = {"Integer": int, "NUMBER_INTEGER": int, "Float": float, "Double": float, "NUMBER_DOUBLE": float,
+          "Boolean": None, "BOOLEAN": None, "String": str, "STRING": str}
+
+
+def parse_params(pairs: list[str]) -> dict:
+    """KEY=VALUE strings -> pipeline arguments, typed and checked against the pipeline."""
+    from pipelines.pipeline import tosguard_pipeline
+
+    inputs = tosguard_pipeline.component_spec.inputs or {}
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        if key not in inputs:
+            raise ValueError(f"--param {key}: not a pipeline parameter (known: {', '.join(sorted(inputs))})")
+        kind = inputs[key].type
+        try:
+            if _CASTS.get(kind, str) is None:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                params[key] = value.lower() == "true"
+            else:
+                params[key] = _CASTS.get(kind, str)(value)
+        except ValueError:
+            raise ValueError(f"--param {key}={value}: expected a {kind}") from None
+    return params
+
+
+def _package(pipeline_file: str | None, workdir: str) -> str:
+    if pipeline_file:
+        if not Path(pipeline_file).is_file():
+            raise FileNotFoundError(f"{pipeline_file}: no such pipeline file")
+        return pipeline_file
+    from kfp import compiler
+
+    from pipelines.pipeline import tosguard_pipeline
+
+    path = str(Path(workdir) / "tosguard.yaml")
+    compiler.Compiler().compile(tosguard_pipeline, package_path=path)
+    return path
+
+
+def _client(host: str, namespace: str | None):
+    import kfp
+
+    return kfp.Client(host=host, namespace=namespace)
+
+
+def submit(host: str, namespace: str | None, experiment: str, run_name: str, params: dict,
+           enable_caching: bool | None = None, pipeline_file: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        client = _client(host, namespace)
+        result = client.create_run_from_pipeline_package(
+            _package(pipeline_file, tmp), arguments=params, run_name=run_name, experiment_name=experiment,
+            namespace=namespace, enable_caching=enable_caching,
+        )
+    return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+
+
+def schedule(host: str, namespace: str | None, experiment: str, name: str, cron: str, params: dict,
+             enable_caching: bool | None = None, pipeline_file: str | None = None) -> dict:
+    fields = cron.split()
+    if len(fields) != 6:
+        raise ValueError(
+            f"--cron {cron!r}: KFP takes 6 fields, seconds first (e.g. '0 0 3 * * 1' for Mondays at 03:00)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        client = _client(host, namespace)
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=name, cron_expression=cron,
+            max_concurrency=1,  # a retraining run never overlaps the previous one
+            no_catchup=True, params=params, pipeline_package_path=_package(pipeline_file, tmp),
+            enable_caching=enable_caching,
+        )
+    return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id}

@@ -1,0 +1,118 @@
+"""`tosguard submit` and `tosguard schedule` against a fake KFP API on 127.0.0.1:
+the requests sent are recorded and asserted."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+
+
+def _specs(body):
+    """(pipeline spec, platform spec) from a run or recurring-run request body."""
+    spec = body["pipeline_spec"]
+    if "pipeline_spec" in spec:  # sent together with the Kubernetes platform spec
+        return spec["pipeline_spec"], spec.get("platform_spec", {})
+    return spec, {}
+
+
+class FakeKfpApi:
+    """Answers the KFP v2beta1 REST calls kfp.Client makes, and records them."""
+
+    def __init__(self):
+        self.requests = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, body, status=200):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                api.requests.append(("GET", self.path, None))
+                if self.path.startswith("/apis/v2beta1/healthz"):
+                    return self._reply({"multi_user": False})
+                if self.path.startswith("/apis/v2beta1/experiments"):
+                    return self._reply({"experiments": [], "total_size": 0})
+                self._reply({"error": "not found"}, 404)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                api.requests.append(("POST", self.path, body))
+                if self.path == "/apis/v2beta1/experiments":
+                    return self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+                if self.path == "/apis/v2beta1/runs":
+                    return self._reply({"run_id": "run-1", "display_name": body.get("display_name"),
+                                        "experiment_id": body.get("experiment_id")})
+                if self.path == "/apis/v2beta1/recurringruns":
+                    return self._reply({"recurring_run_id": "rr-1", "display_name": body.get("display_name")})
+                self._reply({"error": "not found"}, 404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def posted(self, path):
+        return [body for method, p, body in self.requests if method == "POST" and p == path]
+
+
+@pytest.fixture
+def kfp_api():
+    api = FakeKfpApi()
+    api.thread.start()
+    yield api
+    api.server.shutdown()
+    api.server.server_close()
+
+
+def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsys):
+    code = main(["submit", "--host", kfp_api.url, "--namespace", "team-a", "--experiment", "unfair-tos",
+                 "--run-name", "nightly", "--param", "epochs=2", "--param", "learning_rate=0.0003",
+                 "--param", "deploy=false", "--param", "method=qlora", "--no-cache"])
+    assert code == 0
+    assert "submitted run run-1" in capsys.readouterr().out
+    (experiment,) = kfp_api.posted("/apis/v2beta1/experiments")
+    assert experiment["display_name"] == "unfair-tos" and experiment["namespace"] == "team-a"
+    (run,) = kfp_api.posted("/apis/v2beta1/runs")
+    assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+    assert run["runtime_config"]["parameters"] == {"epochs": 2, "learning_rate": 0.0003, "deploy": False,
+                                                   "method": "qlora"}
+    spec, _ = _specs(run)
+    assert spec["pipelineInfo"]["name"] == "tosguard"
+    # --no-cache: caching is off for every task in the submitted spec.
+    assert "exec-train-model" in spec["deploymentSpec"]["executors"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["download-data"].get("cachingOptions", {}).get("enableCache") is not True
+    assert tasks["train-model"].get("cachingOptions", {}).get("enableCache") is not True
+
+
+def test_schedule_creates_a_recurring_run_that_never_overlaps(kfp_api, capsys):
+    assert main(["schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * 1", "--param", "epochs=4"]) == 0
+    assert "rr-1" in capsys.readouterr().out
+    (job,) = kfp_api.posted("/apis/v2beta1/recurringruns")
+    assert job["max_concurrency"] == "1" or job["max_concurrency"] == 1
+    assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"
+    assert job["experiment_id"] == "exp-1" and job["no_catchup"] is True
+    assert job["runtime_config"]["parameters"] == {"epochs": 4}
+    spec, platform = _specs(job)
+    assert spec["pipelineInfo"]["name"] == "tosguard"
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
+    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+
+
+def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
+    assert main(["schedule", "--host", kfp_api.url, "--cron", "0 3 * * 1"]) == 2
+    assert "6 fields" in capsys.readouterr().err
+    assert main(["submit", "--host", kfp_api.url, "--param", "epochs=four"]) == 2
+    assert "expected a" in capsys.readouterr().err
+    assert not kfp_api.posted("/apis/v2beta1/runs")
