@@ -24,16 +24,32 @@ def test_dockerfiles_lint_clean(dockerfile):
 
 
 def test_builtin_manifests_pass_strict_validation():
-    builtin = ["namespace.yaml", "serviceaccount.yaml", "s3-secret.template.yaml"]
+    builtin = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "mlflow.yaml", "s3-secret.template.yaml",
+               "mlflow-secret.template.yaml"]
     result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *[str(BASE / f) for f in builtin]],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") + result.stderr.count("passed") == len(builtin)
+    # One line per resource; every file holds at least one.
+    out = result.stdout + result.stderr
+    assert all(f"{f} passed" in out for f in builtin) and "failed" not in out
 
 
-def test_secret_template_holds_no_real_values():
-    secret = yaml.safe_load((BASE / "s3-secret.template.yaml").read_text())
-    assert set(secret["stringData"].values()) == {"REPLACE_ME"}
+def test_secret_templates_hold_no_real_values():
+    s3 = yaml.safe_load((BASE / "s3-secret.template.yaml").read_text())
+    assert set(s3["stringData"].values()) == {"REPLACE_ME"}
+    mlflow = yaml.safe_load((BASE / "mlflow-secret.template.yaml").read_text())
+    assert {mlflow["stringData"]["MLFLOW_TRACKING_USERNAME"], mlflow["stringData"]["MLFLOW_TRACKING_PASSWORD"]} == {
+        "REPLACE_ME"}
+
+
+def test_deployer_may_only_manage_kserve_objects_in_its_namespace():
+    role, binding = [d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] != "ServiceAccount"]
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "tosguard"  # not a ClusterRole
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == ["serving.kserve.io"]
+    assert set(rule["resources"]) == {"inferenceservices", "servingruntimes"}
+    assert "delete" not in rule["verbs"] and "*" not in rule["verbs"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def _without_labels(obj):
@@ -57,7 +73,11 @@ def test_kserve_manifests_match_the_sdk_objects_the_deploy_step_builds():
     assert _without_labels(built) == runtime
 
 
-def test_kustomization_lists_existing_files():
+def test_kustomizations_list_existing_files():
     kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (BASE / resource).is_file(), resource
+    for overlay in (ROOT / "manifests" / "overlays").iterdir():
+        k = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+        assert k["resources"] == ["../../base"], overlay.name
+        assert {i["name"] for i in k["images"]} <= {"ghcr.io/tosguard/tosguard-serving", "ghcr.io/tosguard/tosguard-base"}
