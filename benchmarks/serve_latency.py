@@ -34,7 +34,6 @@ def _percentile(values, q):
 
 
 def naive_baseline(model_dir: str, clauses: list[str]) -> dict:
-    import torch
     from safetensors.torch import load_file
     from transformers import pipeline
 

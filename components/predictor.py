@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import time
 import uuid
 
 import kserve
@@ -350,6 +349,13 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+def _add_request_limits(app) -> None:
+    """Put tosguard's body-size limit in front of KServe's app, once."""
+    if not getattr(app.state, "tosguard_limits", False):
+        app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+        app.state.tosguard_limits = True
+
+
 def build_app(model: UnfairClauseModel):
     """KServe's FastAPI app serving ``model``, with tosguard's request limits.
 
@@ -368,7 +374,7 @@ def build_app(model: UnfairClauseModel):
     server = kserve.ModelServer(registered_models=repository, enable_grpc=False)
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, 0)
     rest.create_application()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    _add_request_limits(app)
     app.state.tosguard_repository = repository
     return app
 
@@ -391,7 +397,7 @@ class LoopbackModelServer(kserve.ModelServer):
             grace_period=self.grace_period, timeout_keep_alive=self.timeout_keep_alive,
         )
         self._rest_server.config.host = self.host
-        app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+        _add_request_limits(app)
         self.servers.append(self._rest_server.start())
         self.setup_event_loop()
         self.register_signal_handler()

@@ -8,7 +8,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-from pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE
+from pipelines.images import BASE_IMAGE, TRAINER_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

@@ -1,6 +1,5 @@
 """images/ lint clean with hadolint; manifests/ valid: built-in kinds with
 kubernetes-validate --strict, KServe kinds against what the deploy step builds with the SDK."""
-import os
 import subprocess
 import sys
 from pathlib import Path
