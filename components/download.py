@@ -4,9 +4,16 @@ Sources:
 - ``bundled``: the LexGLUE snapshot vendored in this package (CC BY 4.0, see
   components/data/unfair_tos/SOURCE.md), checked against known sha256 digests;
 - a local folder (or ``file://`` URI) holding train/validation/test ``.jsonl`` files;
+- ``s3://bucket/prefix``: the same three files in S3 (a mirrored snapshot, for example);
+- ``https://.../unfair_tos.tar.gz``: the zenodo archive LexGLUE publishes (the three
+  ``.jsonl`` files at the archive's top level, or in one folder); append
+  ``#sha256=<hex>`` to pin the archive's digest;
 - ``hf://coastalcph/lex_glue/unfair_tos``: the Hugging Face datasets loader (needs the hub).
 
-Every row is validated; a bad row raises DataError naming its file and line.
+Every row is validated; a bad row raises DataError naming its file and line. The data
+hash is computed over the rows' content in one canonical rendering, so every source of
+the same splits yields the same hash. The snapshot is then mirrored to the store under
+``data/unfair_tos/<data hash>/`` (skipped when that snapshot is already there).
 """
 from __future__ import annotations
 
@@ -41,8 +48,12 @@ class Split:
     name: str
     texts: list[str]
     labels: list[list[int]]
-    sha256: str
+    sha256: str  # of the source file's bytes (or of the canonical rendering when there is no file)
     origin: str
+
+    @property
+    def content_sha256(self) -> str:
+        return content_digest(self.texts, self.labels)
 
 
 def bundled_dir() -> Path:
@@ -54,6 +65,18 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_line(text: str, labels: list[int]) -> str:
+    return json.dumps({"text": text, "labels": sorted(labels)}, ensure_ascii=False) + "\n"
+
+
+def content_digest(texts: list[str], labels: list[list[int]]) -> str:
+    """sha256 of a split's rows in the canonical JSONL rendering, whatever the source's bytes."""
+    digest = hashlib.sha256()
+    for text, row_labels in zip(texts, labels):
+        digest.update(canonical_line(text, row_labels).encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -126,15 +149,68 @@ def _read_hf(uri: str) -> list[Split]:
         raise DataError(f"{uri}: could not load from the Hugging Face hub: {exc}") from exc
     splits = []
     for name in SPLITS:
+        if name not in loaded:
+            raise DataError(f"{uri}: the loaded dataset has no {name!r} split (has {sorted(loaded)})")
         rows = loaded[name]
-        # Hash a canonical JSONL rendering so the digest is comparable across sources.
-        lines = [json.dumps({"text": t, "labels": sorted(l)}) for t, l in zip(rows["text"], rows["labels"])]
-        digest = hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
-        splits.append(Split(name, list(rows["text"]), [sorted(l) for l in rows["labels"]], digest, uri))
+        texts, labels = list(rows["text"]), [sorted(l) for l in rows["labels"]]
+        for i, (text, row_labels) in enumerate(zip(texts, labels)):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{uri} [{name}] row {i}: 'text' must be a non-empty string")
+            if any(not 0 <= l < NUM_CATEGORIES for l in row_labels):
+                raise DataError(f"{uri} [{name}] row {i}: label outside 0-{NUM_CATEGORIES - 1}: {row_labels}")
+        splits.append(Split(name, texts, labels, content_digest(texts, labels), f"{uri} [{name}]"))
     return splits
 
 
+def _fetch_tarball(url: str, into: Path) -> Path:
+    """Download an https archive (retries, progress, size and optional sha256 check) and
+    unpack it safely; returns the folder holding train/validation/test .jsonl."""
+    import tarfile
+
+    import requests
+    from requests.adapters import HTTPAdapter
+    from tqdm import tqdm
+    from urllib3.util.retry import Retry
+
+    url, _, fragment = url.partition("#")
+    pinned = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+    session = requests.Session()
+    retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=["GET"])
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    archive = into / "archive.tar.gz"
+    try:
+        with session.get(url, stream=True, timeout=(10, 120)) as reply:
+            reply.raise_for_status()
+            total = int(reply.headers.get("Content-Length") or 0)
+            digest, received = hashlib.sha256(), 0
+            with open(archive, "wb") as out, tqdm(total=total or None, unit="B", unit_scale=True,
+                                                   desc="download", disable=total < (8 << 20)) as bar:
+                for block in reply.iter_content(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+    except requests.RequestException as exc:
+        raise DataError(f"{url}: download failed: {exc}") from exc
+    if total and received != total:
+        raise DataError(f"{url}: received {received} bytes, the server announced {total}")
+    if pinned and digest.hexdigest() != pinned.lower():
+        raise DataError(f"{url}: archive sha256 {digest.hexdigest()} does not match the pinned {pinned}")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(into / "unpacked", filter="data")
+    except tarfile.TarError as exc:
+        raise DataError(f"{url}: not a readable tar archive: {exc}") from exc
+    holders = sorted({p.parent for p in (into / "unpacked").rglob("train.jsonl")}, key=lambda p: len(p.parts))
+    if not holders:
+        raise DataError(f"{url}: the archive holds no train.jsonl")
+    return holders[0]
+
+
 def read_source(source: str) -> list[Split]:
+    import tempfile
+
     if source == BUNDLED:
         splits = _read_folder(bundled_dir(), BUNDLED_SHA256)
         for split in splits:
@@ -143,12 +219,28 @@ def read_source(source: str) -> list[Split]:
         return splits
     if source.startswith("hf://"):
         return _read_hf(source)
+    if source.startswith(("https://", "http://")):
+        with tempfile.TemporaryDirectory(prefix="tosguard-download-") as tmp:
+            return _read_folder(_fetch_tarball(source, Path(tmp)), None)
+    if source.startswith("s3://"):
+        from components import storage
+
+        with tempfile.TemporaryDirectory(prefix="tosguard-download-") as tmp:
+            for name in SPLITS:
+                try:
+                    storage.download_file(storage.join(source, f"{name}.jsonl"), Path(tmp) / f"{name}.jsonl")
+                except FileNotFoundError as exc:
+                    raise DataError(f"{source}: {exc}") from exc
+            splits = _read_folder(Path(tmp), None)
+            for split in splits:
+                split.origin = storage.join(source, f"{split.name}.jsonl")
+            return splits
     folder = Path(source[len("file://"):] if source.startswith("file://") else source)
     if folder.is_dir():
         return _read_folder(folder, None)
     raise DataError(
         f"unknown data source {source!r}: use 'bundled', a folder with train/validation/test .jsonl, "
-        "or hf://coastalcph/lex_glue/unfair_tos"
+        "s3://BUCKET/PREFIX, an https:// .tar.gz, or hf://coastalcph/lex_glue/unfair_tos"
     )
 
 
@@ -157,10 +249,38 @@ def data_hash(split_digests: dict[str, str]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def download(source: str, output_dir: str) -> dict:
-    """Fetch, verify and validate the splits; write an Arrow DatasetDict and manifest.json.
+def mirror_snapshot(splits: list[Split], manifest: dict, store: str) -> dict:
+    """Copy the splits (canonical JSONL) and the manifest to ``<store>/data/unfair_tos/<hash>/``,
+    unless a verified snapshot with that hash is already there."""
+    import tempfile
 
-    Returns the manifest (source, per-split sha256 and counts, label names, data_hash).
+    from components import storage
+    from components.store import snapshot_uri
+
+    uri = snapshot_uri(store, manifest["data_hash"])
+    manifest_uri = storage.join(uri, "manifest.json")
+    if storage.exists(manifest_uri):
+        stored = json.loads(storage.read_text(manifest_uri))
+        if stored.get("data_hash") == manifest["data_hash"]:
+            log.info("download: snapshot %s already stored; reusing it", uri)
+            return {"uri": uri, "reused": True}
+    with tempfile.TemporaryDirectory(prefix="tosguard-snapshot-") as tmp:
+        for split in splits:
+            with open(Path(tmp) / f"{split.name}.jsonl", "w", encoding="utf-8") as out:
+                out.writelines(canonical_line(t, l) for t, l in zip(split.texts, split.labels))
+        storage.upload_folder(tmp, uri)
+    # The manifest goes last: its presence marks a complete snapshot.
+    storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
+    log.info("download: snapshot stored at %s", uri)
+    return {"uri": uri, "reused": False}
+
+
+def download(source: str, output_dir: str, store: str | None = None) -> dict:
+    """Fetch, verify and validate the splits; write an Arrow DatasetDict and manifest.json;
+    mirror the snapshot to the store when one is given.
+
+    Returns the manifest (source, per-split digests and counts, label names, data_hash,
+    snapshot).
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
@@ -171,15 +291,18 @@ def download(source: str, output_dir: str) -> dict:
     )
     out = Path(output_dir)
     dataset.save_to_disk(str(out))
-    digests = {s.name: s.sha256 for s in splits}
+    digests = {s.name: s.content_sha256 for s in splits}
     manifest = {
         "source": source,
-        "sha256": digests,
+        "file_sha256": {s.name: s.sha256 for s in splits},
+        "content_sha256": digests,
         "rows": {s.name: len(s.texts) for s in splits},
         "unfair_rows": {s.name: sum(1 for l in s.labels if l) for s in splits},
         "categories": list(CATEGORIES),
         "data_hash": data_hash(digests),
     }
+    if store:
+        manifest["snapshot"] = mirror_snapshot(splits, {k: v for k, v in manifest.items()}, store)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("download: %s rows %s, data hash %s", source, manifest["rows"], manifest["data_hash"][:12])
     return manifest

@@ -1,14 +1,30 @@
-"""MLflow access: sqlite under the tosguard home by default, any server by MLFLOW_TRACKING_URI."""
+"""MLflow access: sqlite under the tosguard home by default, any server by MLFLOW_TRACKING_URI.
+
+Steps log through RunLogger, which survives an MLflow outage: records are kept in memory
+while the server is unreachable, the work goes on, and at the end they are replayed or the
+step fails with one clear message (by then the step's results are already in the store).
+The model registry holds the registered model ``tosguard``; each pipeline run adds a
+version whose source is the model store URI, and the alias ``champion`` marks the version
+that passed the gate last.
+"""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import time
 
 from components.config import home
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "tosguard"
+REGISTERED_MODEL = "tosguard"
+CHAMPION = "champion"
+RETRY_AFTER_S = 60.0  # after a failure, try MLflow again no sooner than this
+
+
+class MlflowUnavailable(RuntimeError):
+    """MLflow did not accept what a step had to record."""
 
 
 def tracking_uri() -> str:
@@ -26,32 +42,109 @@ def _client():
     return mlflow
 
 
+def _unusable(exc: Exception, what: str) -> MlflowUnavailable:
+    return MlflowUnavailable(f"MLflow at {tracking_uri()} is unusable ({what}): {type(exc).__name__}: {exc}")
+
+
 def open_pipeline_run(run_name: str, params: dict, tags: dict | None = None, experiment: str = EXPERIMENT) -> str:
     """Create the one MLflow run of a pipeline run; returns its id."""
     mlflow = _client()
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifact_location = None
-        if tracking_uri().startswith("sqlite:"):
-            # Keep artifacts beside the sqlite file, not in whatever the step's cwd is.
-            artifact_location = (home() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifact_location)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=tags or {}) as run:
-        mlflow.log_params(params)
-        return run.info.run_id
+    try:
+        if mlflow.get_experiment_by_name(experiment) is None:
+            artifact_location = None
+            if tracking_uri().startswith("sqlite:"):
+                # Keep artifacts beside the sqlite file, not in whatever the step's cwd is.
+                artifact_location = (home() / "mlartifacts").as_uri()
+            mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=run_name, tags=tags or {}) as run:
+            mlflow.log_params(params)
+            return run.info.run_id
+    except Exception as exc:
+        raise _unusable(exc, "opening the pipeline run") from exc
+
+
+class RunLogger:
+    """The MLflow calls steps make, against one run by id, buffered across outages."""
+
+    def __init__(self, run_id: str):
+        from mlflow import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri())
+        self.pending: list[tuple[str, tuple, dict]] = []
+        self.error: Exception | None = None
+        self.failed_at = 0.0
+
+    # -- the calls steps make (the names of the mlflow module's fluent API)
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        self._call("log_batch", params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.log_metrics({key: value}, step=step)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._call("log_batch", metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def set_tag(self, key: str, value) -> None:
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self._call("log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, dictionary: dict, artifact_file: str) -> None:
+        self._call("log_dict", dictionary, artifact_file)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        self._call("log_artifacts", local_dir, artifact_path)
+
+    # -- buffering
+    def _call(self, method: str, *args, **kwargs) -> None:
+        self.pending.append((method, args, kwargs))
+        if self.error is None or time.time() - self.failed_at >= RETRY_AFTER_S:
+            self._flush()
+
+    def _flush(self) -> bool:
+        while self.pending:
+            method, args, kwargs = self.pending[0]
+            try:
+                getattr(self.client, method)(self.run_id, *args, **kwargs)
+            except Exception as exc:  # an outage, or a server refusing the run
+                if self.error is None:
+                    log.warning("MLflow at %s failed (%s: %s); keeping records and going on", tracking_uri(),
+                                type(exc).__name__, str(exc)[:200])
+                self.error, self.failed_at = exc, time.time()
+                return False
+            self.pending.pop(0)
+        self.error = None
+        return True
+
+    def close(self, safe: str = "") -> None:
+        """Deliver what is pending, or raise MlflowUnavailable (saying what is safe)."""
+        if self.pending and not self._flush():
+            note = f" {safe}" if safe else ""
+            raise MlflowUnavailable(
+                f"MLflow at {tracking_uri()} did not accept {len(self.pending)} record(s) for run {self.run_id}: "
+                f"{type(self.error).__name__}: {str(self.error)[:300]}.{note} Re-run the step once MLflow is back."
+            )
 
 
 @contextlib.contextmanager
-def pipeline_run(run_id: str):
-    """Resume the pipeline's MLflow run inside a step; yields the mlflow module."""
-    mlflow = _client()
-    try:
-        with mlflow.start_run(run_id=run_id):
-            yield mlflow
-    except Exception as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "Connection" in type(exc).__name__:
-            raise RuntimeError(f"MLflow at {tracking_uri()} is unusable for run {run_id}: {exc}") from exc
-        raise
+def pipeline_run(run_id: str, safe: str = ""):
+    """A RunLogger for the pipeline's MLflow run inside a step; delivers or fails at the end."""
+    logger = RunLogger(run_id)
+    yield logger
+    logger.close(safe)
 
 
 def run_info(run_id: str) -> dict:
@@ -67,3 +160,46 @@ def run_info(run_id: str) -> dict:
         "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
         "tracking_uri": tracking_uri(),
     }
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def champion(name: str = REGISTERED_MODEL) -> dict | None:
+    """The version the alias `champion` points at, with its tags; None when there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri())
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise _unusable(exc, "reading the champion") from exc
+    except Exception as exc:
+        raise _unusable(exc, "reading the champion") from exc
+    return {"version": version.version, "source": version.source, "run_id": version.run_id, "tags": dict(version.tags)}
+
+
+def register_version(source: str, run_id: str, tags: dict, promote: bool, name: str = REGISTERED_MODEL) -> str:
+    """Add a version of `name` whose source is the model store URI; move `champion` to it
+    when `promote`. Returns the version number."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri())
+    try:
+        try:
+            client.create_registered_model(name, description="tosguard: unfair-clause classifiers (LexGLUE UNFAIR-ToS)")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    except Exception as exc:
+        raise _unusable(exc, f"registering {source}") from exc
+    log.info("registered %s version %s (source %s)%s", name, version.version, source,
+             "; champion now" if promote else "")
+    return str(version.version)

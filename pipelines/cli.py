@@ -13,6 +13,8 @@ log = logging.getLogger("tosguard")
 
 def _cmd_run(args) -> int:
     from components.config import home, preset
+    from components.gate import DEFAULT_TOLERANCE, PRESET_FLOORS
+    from components.store import store_root
     from pipelines.local_run import run_pipeline
 
     config = preset(
@@ -23,7 +25,11 @@ def _cmd_run(args) -> int:
     output = Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"tosguard: running the pipeline ({args.preset} preset, {config.method}, {config.base_model}); "
           f"output in {output.resolve()}", flush=True)
-    summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy)
+    store = store_root(args.store)
+    floor = PRESET_FLOORS[args.preset] if args.gate_floor is None else args.gate_floor
+    tolerance = DEFAULT_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
+    summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
+                           gate_floor=floor, gate_tolerance=tolerance)
     test = summary["test"]
     print()
     print(f"test micro-F1 {test['micro_f1']:.1f}  macro-F1 {test['macro_f1']:.1f}  "
@@ -31,8 +37,10 @@ def _cmd_run(args) -> int:
     print(f"steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["step_seconds"].items()))
     print(f"MLflow run: {summary['mlflow']['run_id']} at {summary['mlflow']['tracking_uri']}")
     print(f"artifacts: {summary['artifacts']['pipeline_root']}")
-    print(f"model: {summary['artifacts']['model']}")
+    print(f"model: {summary['artifacts']['model']} (registered '{summary['registry']['name']}' "
+          f"version {summary['registry']['version']})")
     print(f"report: {summary['artifacts']['report']}")
+    print(f"gate: {summary['gate']['reason']}")
     print(f"endpoint: {summary['endpoint'] or '(not deployed)'}")
     print(f"summary: {output.resolve() / 'summary.json'}")
     return 0
@@ -72,10 +80,14 @@ def _cmd_schedule(args) -> int:
 
 
 def _latest_model_dir() -> str:
+    """The champion's store URI; without a champion, the latest trained model's."""
     import mlflow
 
-    from components.tracking import EXPERIMENT, tracking_uri
+    from components.tracking import EXPERIMENT, champion, tracking_uri
 
+    best = champion()
+    if best:
+        return best["source"]
     mlflow.set_tracking_uri(tracking_uri())
     runs = mlflow.search_runs(
         experiment_names=[EXPERIMENT], filter_string="tags.model_uri LIKE '%'",
@@ -151,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=["quick", "default", "quality"], default="default",
                      help="default: all-MiniLM-L6-v2, full data, up to 4 epochs (~9 min on 2 cores); quick: a "
                           "small budget that still trains, evaluates on the full test split and serves (~2 min); "
-                          "quality: all-mpnet-base-v2, up to 3 epochs (about 36 min on 2 cores)")
+                          "quality: all-mpnet-base-v2, up to 6 epochs (about 11 min an epoch on 2 cores)")
     run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
     run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
@@ -164,7 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gradient-checkpointing", action="store_true", default=None,
                      help="recompute activations in the backward pass to save memory")
     run.add_argument("--source", default="bundled",
-                     help="data source: bundled (default), a folder of train/validation/test .jsonl, or hf://...")
+                     help="data source: bundled (default), a folder of train/validation/test .jsonl, "
+                          "s3://BUCKET/PREFIX, an https:// unfair_tos.tar.gz, or hf://coastalcph/lex_glue/unfair_tos")
+    run.add_argument("--store", help="where data snapshots and models are kept: a folder or s3://BUCKET/PREFIX "
+                                     "(default: $TOSGUARD_STORE, else .tosguard/store)")
+    run.add_argument("--gate-floor", type=float,
+                     help="deploy only at or above this test macro-F1 (default 75; 0 for the quick preset)")
+    run.add_argument("--gate-tolerance", type=float,
+                     help="deploy only at or above the champion's macro-F1 minus this (default 1.0)")
     run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")
     run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
     run.set_defaults(func=_cmd_run)

@@ -28,7 +28,8 @@ def _find_run(run_name: str) -> dict:
     return run_info(runs[0].info.run_id)
 
 
-def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: bool = True) -> dict:
+def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: bool = True, store: str = "",
+                 gate_floor: float = 0.0, gate_tolerance: float = 1.0) -> dict:
     """Run the whole pipeline locally; write and return summary.json's content."""
     from kfp import local
 
@@ -51,12 +52,15 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
         validation_subset=config.validation_subset, batch_size=config.batch_size,
         learning_rate=config.learning_rate, lora_r=config.lora_r, max_length=config.max_length,
         seed=config.seed, checkpoint_every=config.checkpoint_every,
-        gradient_checkpointing=config.gradient_checkpointing, deploy=deploy, deploy_target="local",
+        gradient_checkpointing=config.gradient_checkpointing, store=store, gate_floor=gate_floor,
+        gate_tolerance=gate_tolerance, deploy=deploy, deploy_target="local",
     )
     wall = time.time() - started
     info = _find_run(run_name)
     metrics, tags = info["metrics"], info["tags"]
     model_dir = tags.get("model_uri", "")
+    gate = json.loads(tags["gate"]) if "gate" in tags else {}
+    deployed = bool(deploy and tags.get("endpoint") and tags.get("deployed_version") == tags.get("model_version"))
     summary = {
         "run_name": run_name,
         "test": {
@@ -76,8 +80,13 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
             "model": model_dir,
             "report": str(output_dir / "report.md"),
         },
-        "endpoint": tags.get("endpoint") if deploy else None,
-        "deployed": bool(deploy and tags.get("endpoint")),
+        "gate": gate,
+        "deployed": deployed,
+        "endpoint": tags.get("endpoint") if deployed else None,
+        "registry": {"name": "tosguard", "version": tags.get("model_version"), "source": model_dir},
+        "store": store,
+        "data_snapshot": tags.get("data_snapshot"),
+        "train_reused_stored_model": tags.get("train.reused") == "True",
         "data_hash": tags.get("data_hash"),
         "step_seconds": {s: round(metrics[f"step_seconds.{s}"], 1) for s in STEPS if f"step_seconds.{s}" in metrics},
         "wall_seconds": round(wall, 1),

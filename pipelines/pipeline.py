@@ -73,6 +73,9 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         seed: int = 42,
         checkpoint_every: int = 50,
         gradient_checkpointing: bool = False,
+        store: str = "",
+        gate_floor: float = 75.0,
+        gate_tolerance: float = 1.0,
         deploy: bool = True,
         deploy_target: str = "kserve",
         service_name: str = "tosguard",
@@ -90,7 +93,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
         run_id = run.outputs["mlflow_run_id"]
 
-        download = steps.download_data(source=source, mlflow_run_id=run_id)
+        download = steps.download_data(source=source, store=store, mlflow_run_id=run_id)
         download.set_display_name("Download UNFAIR-ToS")
         _on_cluster(download, cluster, "1", "4Gi", network_retries=3)
         # Never cached: a cached download would hide changed data. Later steps take the
@@ -106,8 +109,8 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
 
         train = steps.train_model(
             tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash,
-            train_config=run.outputs["train_config"], mlflow_run_id=run_id,
-        ).set_display_name("Fine-tune (QLoRA)")
+            train_config=run.outputs["train_config"], store=store, source=source, mlflow_run_id=run_id,
+        ).set_display_name("Fine-tune (QLoRA), keep in model store")
         _on_cluster(train, cluster, "8", "64Gi", network_retries=2)
         train.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
         kubernetes.add_node_selector(train, pool.node_selector_key, pool.node_selector_value)
@@ -115,26 +118,33 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
             train, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
         )
 
-        evaluate = steps.evaluate_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], model=train.outputs["model"],
-            data_hash=data_hash, mlflow_run_id=run_id,
-        ).set_display_name("Evaluate on LexGLUE test")
-        _on_cluster(evaluate, cluster, "4", "8Gi", network_retries=2)
+        model_uri = train.outputs["Output"]
 
-        with dsl.If(deploy == True):  # noqa: E712 (a pipeline channel, not a Python bool)
-            with dsl.If(deploy_target == "kserve"):
-                deploy_isvc = steps.deploy_kserve(
-                    model=train.outputs["model"], mlflow_run_id=run_id, service_name=service_name,
-                    namespace=namespace, serving_image=serving_image, service_account=service_account,
-                    ready_timeout_s=ready_timeout_s,
-                ).after(evaluate).set_display_name("Deploy InferenceService (KServe)")
-                _on_cluster(deploy_isvc, cluster, "500m", "1Gi", network_retries=3)
-                deploy_isvc.set_caching_options(False)
-            with dsl.Else():
-                deploy_here = steps.deploy_local(model=train.outputs["model"], mlflow_run_id=run_id).after(
-                    evaluate
-                ).set_display_name("Deploy (local KServe ModelServer)")
-                deploy_here.set_caching_options(False)
+        evaluate = steps.evaluate_model(
+            tokenized_data=tokenize.outputs["tokenized_data"], model=train.outputs["model"], model_uri=model_uri,
+            data_hash=data_hash, mlflow_run_id=run_id, gate_floor=gate_floor, gate_tolerance=gate_tolerance,
+            deploy=deploy,
+        ).set_display_name("Evaluate on LexGLUE test, gate, register")
+        _on_cluster(evaluate, cluster, "4", "8Gi", network_retries=2)
+        # The gate reads the registry's current champion: never answer it from the cache.
+        evaluate.set_caching_options(False)
+        model_version = evaluate.outputs["model_version"]
+
+        with dsl.If(deploy == True, name="deploy-requested"):  # noqa: E712 (a pipeline channel)
+            with dsl.If(evaluate.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712
+                with dsl.If(deploy_target == "kserve", name="target-kserve"):
+                    deploy_isvc = steps.deploy_kserve(
+                        model_uri=model_uri, model_version=model_version, mlflow_run_id=run_id,
+                        service_name=service_name, namespace=namespace, serving_image=serving_image,
+                        service_account=service_account, ready_timeout_s=ready_timeout_s,
+                    ).set_display_name("Deploy InferenceService (KServe)")
+                    _on_cluster(deploy_isvc, cluster, "500m", "1Gi", network_retries=3)
+                    deploy_isvc.set_caching_options(False)
+                with dsl.Else():
+                    deploy_here = steps.deploy_local(
+                        model_uri=model_uri, model_version=model_version, mlflow_run_id=run_id,
+                    ).set_display_name("Deploy (local KServe ModelServer)")
+                    deploy_here.set_caching_options(False)
 
     return tosguard_pipeline
 

@@ -51,18 +51,21 @@ def open_run(
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def download_data(source: str, mlflow_run_id: str, raw_data: Output[Dataset]) -> str:
-    """Fetch, verify and validate UNFAIR-ToS; returns the data hash."""
+def download_data(source: str, store: str, mlflow_run_id: str, raw_data: Output[Dataset]) -> str:
+    """Fetch, verify and validate UNFAIR-ToS, mirror the snapshot to the store; returns the data hash."""
     import time
 
     from components.download import download
+    from components.store import store_root
     from components.tracking import pipeline_run
 
     started = time.time()
-    manifest = download(source, raw_data.path)
-    raw_data.metadata.update({"data_hash": manifest["data_hash"], "rows": manifest["rows"]})
+    manifest = download(source, raw_data.path, store=store_root(store))
+    raw_data.metadata.update({"data_hash": manifest["data_hash"], "rows": manifest["rows"],
+                              "snapshot": manifest["snapshot"]["uri"]})
     with pipeline_run(mlflow_run_id) as mlflow:
-        mlflow.set_tags({"data_hash": manifest["data_hash"], "data_source": source})
+        mlflow.set_tags({"data_hash": manifest["data_hash"], "data_source": source,
+                         "data_snapshot": manifest["snapshot"]["uri"]})
         mlflow.log_dict(manifest, "data/manifest.json")
         mlflow.log_metric("step_seconds.download", time.time() - started)
     return manifest["data_hash"]
@@ -96,90 +99,88 @@ def train_model(
     tokenized_data: Input[Dataset],
     data_hash: str,
     train_config: str,
+    store: str,
+    source: str,
     mlflow_run_id: str,
     model: Output[Model],
     curves: Output[Metrics],
-):
-    """Fine-tune (LoRA / QLoRA / full) and export the adapter and the merged model."""
-    import time
+) -> str:
+    """Fine-tune (LoRA / QLoRA / full), export adapter and merged model, keep them in the
+    model store (or reuse the stored model for the same data and config); returns its URI."""
+    from components.jobs import train_job
+    from components.store import store_root
 
-    from components.config import TrainConfig
-    from components.tracking import pipeline_run
-    from components.train import train
-
-    config = TrainConfig.from_json(train_config)
-    started = time.time()
-    with pipeline_run(mlflow_run_id) as mlflow:
-        summary = train(tokenized_data.path, config, model.path, mlflow=mlflow)
-        mlflow.log_artifacts(model.path, "model")
-        mlflow.set_tag("model_uri", model.uri)
-        mlflow.log_metric("step_seconds.train", time.time() - started)
-    model.metadata.update({"method": config.method, "base_model": config.base_model,
-                           "best_epoch": summary["best_epoch"], "data_hash": data_hash})
+    summary = train_job(tokenized_data.path, data_hash, train_config, mlflow_run_id, model.path,
+                        store=store_root(store), source=source)
+    model.metadata.update({"method": summary["method"], "base_model": summary["base_model"],
+                           "best_epoch": summary["best_epoch"], "data_hash": data_hash,
+                           "store_uri": summary["model_uri"], "reused": summary["reused"]})
     for record in summary["history"]:
         curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
         curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
     curves.log_metric("best_val_macro_f1", round(summary["best_val_macro_f1"], 2))
+    return summary["model_uri"]
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_model(
     tokenized_data: Input[Dataset],
     model: Input[Model],
+    model_uri: str,
     data_hash: str,
     mlflow_run_id: str,
+    gate_floor: float,
+    gate_tolerance: float,
+    deploy: bool,
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
     report: Output[Markdown],
     scores: Output[Artifact],
-) -> NamedTuple("EvaluateOutputs", [("micro_f1", float), ("macro_f1", float)]):
-    """LexGLUE 8+1 micro/macro-F1 on the full test split, and the report."""
-    import time
+) -> NamedTuple("EvaluateOutputs", [("micro_f1", float), ("macro_f1", float), ("gate_passed", bool),
+                                    ("gate_reason", str), ("model_version", str)]):
+    """LexGLUE 8+1 micro/macro-F1 on the full test split, the report, the gate decision;
+    registers the model version and moves `champion` when the gate passes."""
     from collections import namedtuple
 
-    from components.evaluate import evaluate, write_outputs
-    from components.tracking import pipeline_run
+    from components.jobs import evaluate_job
 
-    started = time.time()
-    result = evaluate(model.path, tokenized_data.path)
     label = f"tosguard ({model.metadata.get('method', '?')}, this run)"
-    write_outputs(result, label, scores.path, report.path)
+    out = evaluate_job(tokenized_data.path, model.path, model_uri, data_hash, mlflow_run_id, gate_floor,
+                       gate_tolerance, deploy, label, scores.path, report.path)
+    result, gate = out["scores"], out["gate"]
     metrics.log_metric("test_micro_f1", round(result["micro_f1"], 2))
     metrics.log_metric("test_macro_f1", round(result["macro_f1"], 2))
     for name, value in result["per_category_f1"].items():
         metrics.log_metric(f"f1 {name}", round(value, 2))
+    metrics.log_metric("gate_passed", float(gate["passed"]))
     classification.log_confusion_matrix(result["confusion_matrix"]["labels"], result["confusion_matrix"]["matrix"])
-    scores.metadata["data_hash"] = data_hash
-    with pipeline_run(mlflow_run_id) as mlflow:
-        mlflow.log_metrics({"test_micro_f1": result["micro_f1"], "test_macro_f1": result["macro_f1"]})
-        mlflow.log_metrics({f"test_f1.{k.replace(' ', '_').replace('(', '').replace(')', '')}": v
-                            for k, v in result["per_category_f1"].items()})
-        mlflow.log_artifact(report.path, "evaluation")
-        mlflow.log_dict(result, "evaluation/scores.json")
-        mlflow.log_metric("step_seconds.evaluate", time.time() - started)
-    outputs = namedtuple("EvaluateOutputs", ["micro_f1", "macro_f1"])
-    return outputs(result["micro_f1"], result["macro_f1"])
+    scores.metadata.update({"data_hash": data_hash, "model_version": out["model_version"]})
+    outputs = namedtuple("EvaluateOutputs", ["micro_f1", "macro_f1", "gate_passed", "gate_reason", "model_version"])
+    return outputs(result["micro_f1"], result["macro_f1"], gate["passed"], gate["reason"], out["model_version"])
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def deploy_local(model: Input[Model], mlflow_run_id: str) -> str:
-    """Embedded deploy: (re)start the local KServe ModelServer on 127.0.0.1; returns its URL."""
+def deploy_local(model_uri: str, model_version: str, mlflow_run_id: str) -> str:
+    """Embedded deploy: (re)start the local KServe ModelServer on 127.0.0.1 over the model
+    in the store; returns its URL."""
     import time
 
     from components.deploy import start_local_server
     from components.tracking import pipeline_run
 
     started = time.time()
-    state = start_local_server(model.path)
+    state = start_local_server(model_uri)
     with pipeline_run(mlflow_run_id) as mlflow:
-        mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"]})
+        mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"],
+                         "deployed_version": model_version})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return state["url"]
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def deploy_kserve(
-    model: Input[Model],
+    model_uri: str,
+    model_version: str,
     mlflow_run_id: str,
     service_name: str,
     namespace: str,
@@ -187,17 +188,20 @@ def deploy_kserve(
     service_account: str,
     ready_timeout_s: int,
 ) -> str:
-    """Cluster deploy: create or patch the InferenceService over the model's URI; returns its URL."""
+    """Cluster deploy: create or patch the InferenceService over the model store URI; returns its URL."""
     import time
 
     from components.deploy import build_inference_service, build_serving_runtime, deploy_inference_service
     from components.tracking import pipeline_run
 
+    if not model_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
+        raise ValueError(f"KServe cannot fetch {model_uri!r}: set the pipeline's store to s3://BUCKET/PREFIX")
     started = time.time()
     runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image)
-    isvc = build_inference_service(service_name, namespace, model.uri, f"{service_name}-runtime", service_account)
+    isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account)
     result = deploy_inference_service(isvc, runtime, timeout=ready_timeout_s)
     with pipeline_run(mlflow_run_id) as mlflow:
-        mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}"})
+        mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}",
+                         "deployed_version": model_version})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return result["url"]

@@ -1,0 +1,133 @@
+"""The durable store: one setting (``--store`` / TOSGUARD_STORE), a local folder by default
+or ``s3://bucket/prefix``. Layout:
+
+    <store>/data/unfair_tos/<data hash>/        train/validation/test.jsonl, manifest.json
+    <store>/models/tosguard/<version>/          one trained model:
+        model.safetensors, config.json          merged model (loads with plain transformers)
+        adapter/                                the LoRA adapter alone (peft)
+        tokenizer.json, tokenizer_config.json   tokenizer
+        classifier.safetensors, tosguard.json   head, label names, thresholds, pooling
+        labels.json, thresholds.json            label names and decision thresholds
+        train_summary.json                      written last: the model is complete
+        report.md, scores.json, MODEL_CARD.md   added by evaluate
+
+``<version>`` is ``<data hash>-<config fingerprint>`` (12 hex each): the same data and
+training config land on the same folder, so a re-run finds a complete model there and
+reuses it instead of training again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from components import storage
+from components.config import home
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "tosguard"
+COMPLETE_MARK = "train_summary.json"
+
+
+def store_root(store: str | None = None) -> str:
+    """The store URI: the argument, else TOSGUARD_STORE, else <tosguard home>/store."""
+    root = store or os.environ.get("TOSGUARD_STORE") or str(home() / "store")
+    if not storage.is_s3(root):
+        root = str(storage.local_path(root).resolve())
+    return root.rstrip("/")
+
+
+def snapshot_uri(store: str, data_hash: str) -> str:
+    return storage.join(store_root(store), "data", "unfair_tos", data_hash)
+
+
+def model_version(data_hash: str, train_config_json: str) -> str:
+    fingerprint = hashlib.sha256(train_config_json.encode()).hexdigest()
+    return f"{data_hash[:12]}-{fingerprint[:12]}"
+
+
+def model_uri(store: str, version: str) -> str:
+    return storage.join(store_root(store), "models", MODEL_NAME, version)
+
+
+def code_version() -> str:
+    """TOSGUARD_CODE_VERSION (set in images at build time), else the git commit, else the package version."""
+    if os.environ.get("TOSGUARD_CODE_VERSION"):
+        return os.environ["TOSGUARD_CODE_VERSION"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"git:{sha}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"tosguard {version('tosguard')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def find_model(uri: str) -> dict | None:
+    """The train summary of a complete model at `uri`, or None."""
+    mark = storage.join(uri, COMPLETE_MARK)
+    if not storage.exists(mark):
+        return None
+    return json.loads(storage.read_text(mark))
+
+
+def save_model(local_dir: str, uri: str, summary: dict) -> dict:
+    """Copy an exported model folder to the store (every file verified), the mark last."""
+    card = json.loads((Path(local_dir) / "tosguard.json").read_text())
+    (Path(local_dir) / "labels.json").write_text(json.dumps(card["categories"], indent=2))
+    (Path(local_dir) / "thresholds.json").write_text(
+        json.dumps(dict(zip(card["categories"], card["thresholds"])), indent=2)
+    )
+    records = storage.upload_folder(local_dir, uri, skip=(COMPLETE_MARK,))
+    storage.write_text(storage.join(uri, COMPLETE_MARK), json.dumps(summary, indent=2, default=str))
+    return {"uri": uri, "files": len(records), "bytes": sum(r["size"] for r in records)}
+
+
+def model_card(info: dict) -> str:
+    """MODEL_CARD.md: what the model is, what it was trained on, how it scored."""
+    scores = info["scores"]
+    lines = [
+        f"# tosguard model {info['version']}",
+        "",
+        "Flags potentially unfair clauses in online Terms of Service: 8 categories of LexGLUE "
+        "UNFAIR-ToS (multi-label; no category means fair).",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| base model | {info['base_model']} |",
+        f"| method | {info['method']} |",
+        f"| data hash | `{info['data_hash']}` |",
+        f"| data source | {info.get('source', '?')} |",
+        f"| code version | {info['code_version']} |",
+        f"| MLflow run | {info.get('mlflow_run_id', '?')} |",
+        f"| best epoch (validation macro-F1) | {info.get('best_epoch', '?')} ({info.get('best_val_macro_f1', float('nan')):.1f}) |",
+        f"| test micro-F1 / macro-F1 | {scores['micro_f1']:.1f} / {scores['macro_f1']:.1f} |",
+        f"| decision thresholds | {info.get('thresholds', '?')} |",
+        "",
+        "## Per-category test F1",
+        "",
+        "| category | F1 |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {value:.1f} |" for name, value in scores["per_category_f1"].items()]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "`model.safetensors` + `config.json`: the merged encoder (plain transformers, no peft); "
+        "`adapter/`: the LoRA adapter alone; `classifier.safetensors` and `tosguard.json`: the head, "
+        "pooling, label names and thresholds; `report.md`: the evaluation placed in the LexGLUE table.",
+        "",
+        "Training data: LexGLUE UNFAIR-ToS (Chalkidis et al., 2022; CLAUDETTE corpus, Lippi et al., 2019), "
+        "CC BY 4.0.",
+    ]
+    return "\n".join(lines) + "\n"
