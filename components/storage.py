@@ -88,8 +88,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def expected_etag(path: Path, threshold: int = MULTIPART_THRESHOLD, chunksize: int = MULTIPART_CHUNKSIZE) -> str:
+def expected_etag(path: Path, threshold: int | None = None, chunksize: int | None = None) -> str:
     """The ETag S3 gives an unencrypted (or SSE-S3) object uploaded with these settings."""
+    threshold = MULTIPART_THRESHOLD if threshold is None else threshold
+    chunksize = MULTIPART_CHUNKSIZE if chunksize is None else chunksize
     size = path.stat().st_size
     with open(path, "rb") as handle:
         if size < threshold:
@@ -172,8 +174,13 @@ def download_file(uri: str, path: str | Path, client=None) -> dict:
     bucket, key = _split_s3(uri)
 
     def get():
+        from botocore.exceptions import FlexibleChecksumError
+
         head = client.head_object(Bucket=bucket, Key=key)
-        client.download_file(bucket, key, str(tmp), Config=_transfer_config())
+        try:
+            client.download_file(bucket, key, str(tmp), Config=_transfer_config())
+        except FlexibleChecksumError as exc:  # botocore's own CRC check of the body
+            raise IntegrityError(f"{uri}: checksum of the bytes received does not match: {exc}") from exc
         size = tmp.stat().st_size
         if size != head["ContentLength"]:
             raise IntegrityError(f"{uri}: received {size} bytes, expected {head['ContentLength']}")

@@ -1,16 +1,15 @@
-"""Storage: model folders fetched from file:// and s3:// (a moto S3 server on 127.0.0.1)."""
+"""Storage: verified transfers of files and folders to file:// and s3:// (a moto S3 server on
+127.0.0.1, and a proxy in front of it that injects errors)."""
+import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
-import requests
 
+from components import storage
 from components.modeling import length_sorted_batches
 from components.storage import fetch_folder
-from tests.conftest import free_port
+from tests.servers import FaultyProxy, MotoServer
 
 
 def test_length_sorted_batches_respect_rows_and_token_budget():
@@ -30,29 +29,104 @@ def test_file_uri_and_missing_folder(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(url, timeout=0.5)
-            break
-        except requests.RequestException:
-            time.sleep(0.1)
-    env = {"AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield url
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.terminate()
-    server.wait(10)
+def moto():
+    server = MotoServer()
+    server.client().create_bucket(Bucket="tosguard")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_endpoint(moto, monkeypatch):
+    for key, value in moto.env.items():
+        monkeypatch.setenv(key, value)
+    return moto.url
+
+
+def _tree(root, sizes):
+    for rel, size in sizes.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+    return root
+
+
+def test_folder_round_trip_through_s3_verifies_every_file(s3_endpoint, tmp_path, monkeypatch):
+    # Small multipart settings so a 12 MiB file goes up in three parts.
+    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * storage.MIB)
+    monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * storage.MIB)
+    src = _tree(tmp_path / "src", {"big.bin": 12 * storage.MIB, "a/small.txt": 100, "a/b/empty": 0})
+    records = storage.upload_folder(src, "s3://tosguard/t/round")
+    assert {r["uri"] for r in records} == {f"s3://tosguard/t/round/{p}" for p in ("big.bin", "a/small.txt", "a/b/empty")}
+    head = boto3_client(s3_endpoint).head_object(Bucket="tosguard", Key="t/round/big.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # multipart, and the ETag matched the local recomputation
+    assert head["Metadata"]["sha256"] == storage.sha256_file(src / "big.bin")
+    assert storage.list_files("s3://tosguard/t/round") == {"big.bin": 12 * storage.MIB, "a/small.txt": 100, "a/b/empty": 0}
+    storage.download_folder("s3://tosguard/t/round", tmp_path / "dst")
+    for rel in ("big.bin", "a/small.txt", "a/b/empty"):
+        assert (tmp_path / "dst" / rel).read_bytes() == (src / rel).read_bytes()
+    storage.write_text("s3://tosguard/t/x.txt", "hé")
+    assert storage.read_text(storage.join("s3://tosguard/t", "x.txt")) == "hé"
+    assert storage.exists("s3://tosguard/t/x.txt") and not storage.exists("s3://tosguard/t/nope")
+    with pytest.raises(FileNotFoundError, match="no such object"):
+        storage.download_file("s3://tosguard/t/nope", tmp_path / "nope")
+
+
+def test_local_store_round_trip(tmp_path):
+    src = _tree(tmp_path / "src", {"m/a.bin": 1000, "b.txt": 3})
+    storage.upload_folder(src, f"file://{tmp_path}/store/x")
+    assert storage.list_files(str(tmp_path / "store" / "x")) == {"b.txt": 3, "m/a.bin": 1000}
+    storage.download_folder(str(tmp_path / "store" / "x"), tmp_path / "back")
+    assert (tmp_path / "back" / "m" / "a.bin").read_bytes() == (src / "m" / "a.bin").read_bytes()
+
+
+def test_injected_s3_errors_are_retried_and_corrupt_downloads_caught(moto, tmp_path, monkeypatch, caplog):
+    """Through a proxy that answers 503 to the first requests and to every 7th, and flips a
+    byte in the first two object bodies it relays: everything still arrives verified."""
+    proxy = FaultyProxy(moto.url, fail_first=3, fail_every=7, corrupt_gets=2)
+    try:
+        for key, value in {**moto.env, "AWS_ENDPOINT_URL_S3": proxy.url}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * storage.MIB)
+        monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * storage.MIB)
+        src = _tree(tmp_path / "src", {"w.bin": 11 * storage.MIB, "c.json": 2000, "d/e.txt": 10})
+        storage.upload_folder(src, "s3://tosguard/faulty")
+        with caplog.at_level("WARNING", logger="components.storage"):
+            storage.download_folder("s3://tosguard/faulty", tmp_path / "dst")
+        assert proxy.failed >= 3 and proxy.corrupted == 2
+        # The corruption was caught (by botocore's CRC32 or our sha256 check) and retried.
+        assert "checksum" in caplog.text.lower() or "sha256" in caplog.text
+        assert "retrying" in caplog.text
+        for rel in ("w.bin", "c.json", "d/e.txt"):
+            assert storage.sha256_file(tmp_path / "dst" / rel) == storage.sha256_file(src / rel)
+        # What moto holds is what was sent.
+        direct = moto.client()
+        for rel in ("w.bin", "c.json", "d/e.txt"):
+            body = direct.get_object(Bucket="tosguard", Key=f"faulty/{rel}")["Body"].read()
+            assert body == (src / rel).read_bytes()
+    finally:
+        proxy.stop()
+
+
+def test_a_transfer_that_never_verifies_fails_clearly(moto, tmp_path, monkeypatch):
+    proxy = FaultyProxy(moto.url, corrupt_gets=100)
+    try:
+        for key, value in {**moto.env, "AWS_ENDPOINT_URL_S3": proxy.url}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(storage, "TRANSFER_ATTEMPTS", 2)
+        moto.client().put_object(Bucket="tosguard", Key="bad/x.bin", Body=b"0123456789",
+                                 Metadata={"sha256": hashlib.sha256(b"0123456789").hexdigest()})
+        with pytest.raises(storage.IntegrityError, match="checksum|sha256"):
+            storage.download_file("s3://tosguard/bad/x.bin", tmp_path / "x.bin")
+        assert not (tmp_path / "x.bin").exists() and not (tmp_path / "x.bin.partial").exists()
+    finally:
+        proxy.stop()
+
+
+def boto3_client(url):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=url)
 
 
 def test_predictor_loads_a_model_from_an_s3_model_store(s3_endpoint, trained_model_dir, tmp_path):
@@ -61,7 +135,6 @@ def test_predictor_loads_a_model_from_an_s3_model_store(s3_endpoint, trained_mod
     from components.predictor import UnfairClauseModel
 
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="tosguard")
     for path in trained_model_dir.rglob("*"):
         if path.is_file():
             s3.upload_file(str(path), "tosguard", f"models/tosguard/v1/{path.relative_to(trained_model_dir)}")
