@@ -47,12 +47,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
     )
     started = time.time()
     tosguard_pipeline(
-        run_name=run_name, source=source, base_model=config.base_model, method=config.method,
-        epochs=config.epochs, max_steps=config.max_steps, train_subset=config.train_subset,
-        validation_subset=config.validation_subset, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lora_r=config.lora_r, max_length=config.max_length,
-        seed=config.seed, checkpoint_every=config.checkpoint_every,
-        gradient_checkpointing=config.gradient_checkpointing, store=store, gate_floor=gate_floor,
+        run_name=run_name, source=source, **asdict(config), store=store, gate_floor=gate_floor,
         gate_tolerance=gate_tolerance, deploy=deploy, deploy_target="local",
     )
     wall = time.time() - started

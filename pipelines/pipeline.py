@@ -68,9 +68,18 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         validation_subset: int = 0,
         batch_size: int = 32,
         learning_rate: float = 5e-4,
+        head_learning_rate: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.06,
         lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.1,
+        target_modules: str = "",
         max_length: int = 128,
+        patience: int = 2,
         seed: int = 42,
+        threshold: float = 0.5,
+        log_every: int = 10,
         checkpoint_every: int = 50,
         gradient_checkpointing: bool = False,
         store: str = "",
@@ -87,8 +96,11 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         run = steps.open_run(
             run_name=run_name, source=source, base_model=base_model, method=method, epochs=epochs,
             max_steps=max_steps, train_subset=train_subset, validation_subset=validation_subset,
-            batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, max_length=max_length, seed=seed,
-            checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+            batch_size=batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
+            weight_decay=weight_decay, warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout, target_modules=target_modules, max_length=max_length, patience=patience,
+            seed=seed, threshold=threshold, log_every=log_every, checkpoint_every=checkpoint_every,
+            gradient_checkpointing=gradient_checkpointing,
         ).set_display_name("Validate inputs, open MLflow run")
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
         run_id = run.outputs["mlflow_run_id"]

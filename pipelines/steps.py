@@ -23,9 +23,18 @@ def open_run(
     validation_subset: int,
     batch_size: int,
     learning_rate: float,
+    head_learning_rate: float,
+    weight_decay: float,
+    warmup_ratio: float,
     lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    target_modules: str,
     max_length: int,
+    patience: int,
     seed: int,
+    threshold: float,
+    log_every: int,
     checkpoint_every: int,
     gradient_checkpointing: bool,
 ) -> NamedTuple("RunOutputs", [("mlflow_run_id", str), ("train_config", str)]):
@@ -39,10 +48,12 @@ def open_run(
     from components.tracking import open_pipeline_run
 
     config = TrainConfig(
-        base_model=base_model, method=method, epochs=epochs, max_steps=max_steps,
-        train_subset=train_subset, validation_subset=validation_subset, batch_size=batch_size,
-        learning_rate=learning_rate, lora_r=lora_r, max_length=max_length, seed=seed,
-        checkpoint_every=checkpoint_every, gradient_checkpointing=gradient_checkpointing,
+        base_model=base_model, method=method, epochs=epochs, max_steps=max_steps, train_subset=train_subset,
+        validation_subset=validation_subset, batch_size=batch_size, learning_rate=learning_rate,
+        head_learning_rate=head_learning_rate, weight_decay=weight_decay, warmup_ratio=warmup_ratio, lora_r=lora_r,
+        lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, max_length=max_length,
+        patience=patience, seed=seed, threshold=threshold, log_every=log_every, checkpoint_every=checkpoint_every,
+        gradient_checkpointing=gradient_checkpointing,
     ).validate()
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")

@@ -64,11 +64,16 @@ def test_every_task_is_named_resourced_credentialed_and_cached_safely(tmp_path):
     assert steps <= set(tasks)
     for name in steps:
         assert tasks[name]["taskInfo"]["name"][0].isupper(), f"{name} has a display name"
-    # Download is never cached; the steps after it take the data hash as an input.
-    assert tasks["download-data"]["cachingOptions"] == {}
+    # Download is never cached; the steps after it take the data hash as an input. Evaluate
+    # (the gate reads the current champion) is never cached either.
+    assert tasks["download-data"]["cachingOptions"] == {} and tasks["evaluate-model"]["cachingOptions"] == {}
     for name in ("tokenize-data", "train-model", "evaluate-model"):
         assert tasks[name]["inputs"]["parameters"]["data_hash"]["taskOutputParameter"]["producerTask"] == "download-data"
+    for name in ("tokenize-data", "train-model"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True
+    # Deploy sits under the gate: the evaluate step's decision, as a dsl.If condition.
+    conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in tasks.values()]
+    assert any("gate_passed" in c and "evaluate-model" in c for c in conditions), conditions
     # Steps that reach S3, MLflow or the Kubernetes API retry with backoff.
     for name in ("open-run", "download-data", "deploy-kserve"):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3
@@ -98,3 +103,15 @@ def test_evaluate_emits_ui_artifacts(tmp_path):
     assert kinds["report"] == "system.Markdown"
     assert spec_doc["components"]["comp-train-model"]["outputDefinitions"]["artifacts"]["curves"]["artifactType"][
         "schemaTitle"] == "system.Metrics"
+
+
+def test_every_training_setting_is_a_pipeline_parameter():
+    """A preset's settings reach train only through pipeline parameters: none may be missing."""
+    from dataclasses import fields
+
+    from components.config import TrainConfig
+    from pipelines.pipeline import tosguard_pipeline
+
+    inputs = set(tosguard_pipeline.component_spec.inputs)
+    assert {f.name for f in fields(TrainConfig)} <= inputs
+    assert {"store", "gate_floor", "gate_tolerance", "deploy", "source"} <= inputs
