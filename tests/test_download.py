@@ -13,7 +13,7 @@ def test_bundled_snapshot_is_the_full_lexglue_release(tmp_path):
 
     manifest = download("bundled", str(tmp_path / "raw"))
     assert manifest["rows"] == BUNDLED_ROWS == {"train": 5532, "validation": 2275, "test": 1607}
-    assert manifest["sha256"] == BUNDLED_SHA256
+    assert manifest["file_sha256"] == BUNDLED_SHA256
     assert manifest["unfair_rows"] == {"train": 630, "validation": 230, "test": 172}
     ds = load_from_disk(str(tmp_path / "raw"))
     assert ds["test"].features["labels"].feature.names == list(CATEGORIES)
@@ -33,7 +33,7 @@ def test_local_folder_gives_the_same_hashes_as_bundled(tmp_path):
         shutil.copy(bundled_dir() / f"{split}.jsonl", copy / f"{split}.jsonl")
     local = download(str(copy), str(tmp_path / "a"))
     bundled = download("bundled", str(tmp_path / "b"))
-    assert local["sha256"] == bundled["sha256"] and local["data_hash"] == bundled["data_hash"]
+    assert local["file_sha256"] == bundled["file_sha256"] and local["data_hash"] == bundled["data_hash"]
 
 
 @pytest.mark.parametrize(
