@@ -17,15 +17,23 @@ from components.tracking import pipeline_run
 log = logging.getLogger(__name__)
 
 
+def _log_curves(mlflow, summary: dict) -> None:
+    """Per-epoch validation metrics of a training that did not log live (reused, or torchrun workers)."""
+    for record in summary["history"]:
+        mlflow.log_metrics({"val_micro_f1": record["val_micro_f1"], "val_macro_f1": record["val_macro_f1"],
+                            "epoch_train_loss": record["train_loss"]}, step=record["step"])
+    mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"]})
+
+
 def train_job(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_id: str, output_dir: str,
-              store: str = "", source: str = "") -> dict:
+              store: str = "", source: str = "", gpus: int = 1) -> dict:
     """Train (or reuse the complete model the store already holds for this data and config),
     keep the model in the store, then record it in MLflow.
 
     The model reaches the store before MLflow is asked for anything it must accept, so an
     MLflow outage fails the step with the model already safe; the re-run finds it there.
     """
-    from components.train import train
+    from components.train import train, train_data_parallel
 
     config = TrainConfig.from_json(train_config)
     started = time.time()
@@ -37,13 +45,15 @@ def train_job(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_
             log.info("train: the store already holds a complete model for this data and config at %s; reusing it",
                      uri)
             storage.download_folder(uri, output_dir)
-            for record in summary["history"]:
-                mlflow.log_metrics({"val_micro_f1": record["val_micro_f1"], "val_macro_f1": record["val_macro_f1"],
-                                    "epoch_train_loss": record["train_loss"]}, step=record["step"])
-            mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"]})
+            _log_curves(mlflow, summary)
             reused = True
         else:
-            summary = train(tokenized_dir, config, output_dir, mlflow=mlflow)
+            if gpus > 1:
+                # Workers run under torchrun; their curves are recorded here once they finish.
+                summary = train_data_parallel(tokenized_dir, config, output_dir, gpus)
+                _log_curves(mlflow, summary)
+            else:
+                summary = train(tokenized_dir, config, output_dir, mlflow=mlflow)
             summary.update({
                 "version": version, "data_hash": data_hash, "base_model": config.base_model, "method": config.method,
                 "source": source, "code_version": code_version(), "mlflow_run_id": mlflow_run_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -90,6 +91,18 @@ def _restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when torchrun started us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def train(
     tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None
 ) -> dict:
@@ -107,7 +120,12 @@ def train(
     seed_everything(config.seed)
     base_path = resolve_base_model(config.base_model)
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    # Data-parallel under torchrun: one process per GPU (gloo on CPU), each on its share of
+    # every epoch's batches; gradients are averaged by DistributedDataParallel.
+    rank, world, local_rank = _distributed()
+    if cuda and world > 1:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     compute_dtype = torch.bfloat16 if cuda else torch.float32
 
     data = load_from_disk(tokenized_dir)
@@ -138,7 +156,7 @@ def train(
         ],
         weight_decay=config.weight_decay,
     )
-    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size) // world
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -147,11 +165,17 @@ def train(
     # Log at least ~20 points of the loss curve, even for short runs.
     log_every = max(1, min(config.log_every, total_steps // 20))
 
+    forward = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info(
-        "train: %s on %s, %d rows, %d steps, trainable %d of %d parameters, device %s",
+        "train: %s on %s, %d rows, %d steps, trainable %d of %d parameters, device %s%s",
         config.method, config.base_model, len(train_ds), total_steps, trainable, total, device,
+        f", rank {rank} of {world}" if world > 1 else "",
     )
 
     lengths = list(train_ds["length"])
@@ -188,7 +212,8 @@ def train(
             mlflow.set_tag("train.resumed_from_step", resumed_from)
 
     started = time.time()
-    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
+                    disable=rank != 0)
     for epoch in range(start_epoch, config.epochs + 1):
         if step >= total_steps:
             break
@@ -199,13 +224,16 @@ def train(
             running, seen = 0.0, 0
         epoch_rng_state = rng.bit_generator.state
         model.train()
-        for index, batch in enumerate(length_grouped_batches(lengths, config.batch_size, rng)):
+        batches = length_grouped_batches(lengths, config.batch_size, rng)
+        if world > 1:  # every rank draws the same order, then takes its share
+            batches = batches[: len(batches) // world * world][rank::world]
+        for index, batch in enumerate(batches):
             if resuming_epoch and index < start_batch:
                 continue
             ids, mask = pad_batch([ids_column[i] for i in batch], pad_id)
             target = torch.from_numpy(labels[batch]).to(device)
             with torch.autocast(device.type, dtype=compute_dtype, enabled=cuda):
-                logits = model(ids.to(device), mask.to(device))
+                logits = forward(ids.to(device), mask.to(device))
             loss = loss_fn(logits.float(), target)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder_params + head_params, 1.0)
@@ -219,7 +247,7 @@ def train(
             progress.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
             if mlflow and step % log_every == 0:
                 mlflow.log_metric("train_loss", running / seen, step=step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps and rank == 0:
                 _save_checkpoint(ckpt_path, {
                     "trainable": {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
@@ -271,9 +299,14 @@ def train(
     }
     if config.method != "qlora":
         model.cpu()
-    export(model, base_path, config.method, tokenizer, output_dir, card)
-    # Finished and exported: the checkpoint has done its job.
-    ckpt_path.unlink(missing_ok=True)
+    if rank == 0:
+        export(model, base_path, config.method, tokenizer, output_dir, card)
+        # Finished and exported: the checkpoint has done its job.
+        ckpt_path.unlink(missing_ok=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     summary = {
         "best_epoch": best["epoch"],
         "best_val_macro_f1": best["macro_f1"],
@@ -282,8 +315,70 @@ def train(
         "train_seconds": train_seconds,
         "history": history,
         "trainable_parameters": trainable,
+        "world_size": world,
     }
     if mlflow:
         mlflow.log_metrics({"best_val_macro_f1": best["macro_f1"], "best_epoch": best["epoch"], "train_seconds": train_seconds})
     log.info("train: best epoch %d (validation macro-F1 %.1f) in %.0f s", best["epoch"], best["macro_f1"], train_seconds)
     return summary
+
+
+def train_data_parallel(tokenized_dir: str, config: TrainConfig, output_dir: str, processes: int,
+                        checkpoint_dir: str | None = None) -> dict:
+    """Train with `processes` data-parallel workers under torchrun (one per GPU; gloo
+    processes on a machine without CUDA). Rank 0 exports and writes the summary."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1 (got {processes})")
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise ValueError(f"{processes} data-parallel workers asked for, {torch.cuda.device_count()} GPU(s) visible")
+    with tempfile.TemporaryDirectory(prefix="tosguard-ddp-") as tmp:
+        summary_path = Path(tmp) / "summary.json"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "components.train", "--tokenized", tokenized_dir, "--config", config.to_json(),
+            "--output", output_dir, "--summary", str(summary_path),
+        ]
+        if checkpoint_dir:
+            command += ["--checkpoint-dir", checkpoint_dir]
+        env = dict(os.environ)
+        if not torch.cuda.is_available():  # share the cores out instead of oversubscribing them
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        log.info("train: %d data-parallel workers: %s", processes, " ".join(command[:6]))
+        done = subprocess.run(command, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"data-parallel training failed (torchrun exit code {done.returncode}); "
+                               "re-run the step to resume from the last checkpoint")
+        return json.loads(summary_path.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point under torchrun: python -m components.train --tokenized ... --config JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m components.train")
+    parser.add_argument("--tokenized", required=True)
+    parser.add_argument("--config", required=True, help="TrainConfig as JSON")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--summary", required=True, help="where rank 0 writes the summary JSON")
+    parser.add_argument("--checkpoint-dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    summary = train(args.tokenized, TrainConfig.from_json(args.config), args.output,
+                    checkpoint_dir=args.checkpoint_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(args.summary).write_text(json.dumps(summary, default=str))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

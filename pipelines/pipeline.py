@@ -18,7 +18,7 @@ class GpuPool:
     """Where the train step runs in a cluster: an A100 node pool (defaults: GKE labels)."""
 
     accelerator: str = "nvidia.com/gpu"
-    count: int = 1
+    count: int = 1  # the default of the pipeline's `gpus` parameter
     node_selector_key: str = "cloud.google.com/gke-accelerator"
     node_selector_value: str = "nvidia-tesla-a100"
     taint_key: str = "nvidia.com/gpu"
@@ -82,6 +82,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         log_every: int = 10,
         checkpoint_every: int = 50,
         gradient_checkpointing: bool = False,
+        gpus: int = pool.count,
         store: str = "",
         gate_floor: float = 75.0,
         gate_tolerance: float = 1.0,
@@ -121,10 +122,13 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
 
         train = steps.train_model(
             tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash,
-            train_config=run.outputs["train_config"], store=store, source=source, mlflow_run_id=run_id,
+            train_config=run.outputs["train_config"], store=store, source=source, gpus=gpus,
+            mlflow_run_id=run_id,
         ).set_display_name("Fine-tune (QLoRA), keep in model store")
         _on_cluster(train, cluster, "8", "64Gi", network_retries=2)
-        train.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
+        # The GPU count is a run parameter: the pod asks for that many, and train runs one
+        # data-parallel worker per GPU.
+        train.set_accelerator_type(pool.accelerator).set_accelerator_limit(gpus)
         kubernetes.add_node_selector(train, pool.node_selector_key, pool.node_selector_value)
         kubernetes.add_toleration(
             train, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect

@@ -112,17 +112,19 @@ def train_model(
     train_config: str,
     store: str,
     source: str,
+    gpus: int,
     mlflow_run_id: str,
     model: Output[Model],
     curves: Output[Metrics],
 ) -> str:
     """Fine-tune (LoRA / QLoRA / full), export adapter and merged model, keep them in the
-    model store (or reuse the stored model for the same data and config); returns its URI."""
+    model store (or reuse the stored model for the same data and config); returns its URI.
+    gpus > 1: data-parallel over that many GPUs (torchrun, one worker per GPU)."""
     from components.jobs import train_job
     from components.store import store_root
 
     summary = train_job(tokenized_data.path, data_hash, train_config, mlflow_run_id, model.path,
-                        store=store_root(store), source=source)
+                        store=store_root(store), source=source, gpus=gpus)
     model.metadata.update({"method": summary["method"], "base_model": summary["base_model"],
                            "best_epoch": summary["best_epoch"], "data_hash": data_hash,
                            "store_uri": summary["model_uri"], "reused": summary["reused"]})

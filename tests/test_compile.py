@@ -21,7 +21,9 @@ def test_train_asks_for_a_gpu_on_the_a100_pool(tmp_path):
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     train = executors["exec-train-model"]["container"]
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    # The count comes from the run's `gpus` parameter (default 1), fed to the task as an input.
+    assert train["resources"]["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+    assert spec_doc["root"]["inputDefinitions"]["parameters"]["gpus"]["defaultValue"] == 1
     assert "tosguard-trainer" in train["image"]
     # Only the train step asks for a GPU.
     others = [k for k, v in executors.items() if "accelerator" in v["container"].get("resources", {})]
@@ -45,6 +47,8 @@ def test_pool_labels_are_configurable_and_yaml_loads_back(tmp_path):
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "tosguard"
     assert {"source", "method", "epochs", "deploy"} <= set(loaded.component_spec.inputs)
+    # The GPU count is a run parameter (default from --gpus) that sizes the train pod's request.
+    assert loaded.component_spec.inputs["gpus"].default == 2
 
 
 def _tasks(spec_doc):

@@ -186,3 +186,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenized_dir):
     assert set(plain) == set(recomputed) and any("lora_" in n for n in plain)
     for name in plain:
         assert torch.allclose(plain[name], recomputed[name], atol=1e-6), name
+
+
+def test_data_parallel_training_under_torchrun_on_cpu(tokenized_dir, tmp_path):
+    """Two gloo workers (as two GPUs would be in a cluster): each takes half of every epoch's
+    batches, rank 0 validates, exports and reports."""
+    from components.modeling import load_exported
+    from components.train import train_data_parallel
+
+    config = TrainConfig(epochs=2, max_steps=6, batch_size=16, checkpoint_every=0, validation_subset=64)
+    summary = train_data_parallel(str(tokenized_dir), config, str(tmp_path / "ddp"), processes=2,
+                                  checkpoint_dir=str(tmp_path / "ckpt"))
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+    # 400 train rows in batches of 16 over 2 workers: 12 steps an epoch, so 6 steps end inside epoch 1.
+    assert [h["epoch"] for h in summary["history"]] == [1]
+    model, tokenizer, card = load_exported(str(tmp_path / "ddp"))
+    assert card["method"] == "lora" and tokenizer("a clause .")["input_ids"]
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        train_data_parallel(str(tokenized_dir), config, str(tmp_path / "x"), processes=0)
