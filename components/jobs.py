@@ -26,10 +26,11 @@ def _log_curves(mlflow, summary: dict) -> None:
 
 
 def train_job(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_id: str, output_dir: str,
-              store: str = "", source: str = "", gpus: int = 1) -> dict:
+              store: str = "", source: str = "", gpus: int = 1, reuse: bool = True) -> dict:
     """Train (or reuse the complete model the store already holds for this data and config),
     keep the model in the store, then record it in MLflow.
 
+    reuse=False trains afresh even when the store holds this model (a forced fresh run).
     The model reaches the store before MLflow is asked for anything it must accept, so an
     MLflow outage fails the step with the model already safe; the re-run finds it there.
     """
@@ -40,7 +41,7 @@ def train_job(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_
     version = model_version(data_hash, config.to_json())
     uri = model_uri(store, version)
     with pipeline_run(mlflow_run_id, safe=f"The trained model is safe in the store at {uri}.") as mlflow:
-        summary = find_model(uri)
+        summary = find_model(uri) if reuse else None
         if summary:
             log.info("train: the store already holds a complete model for this data and config at %s; reusing it",
                      uri)

@@ -29,7 +29,7 @@ def _cmd_run(args) -> int:
     floor = PRESET_FLOORS[args.preset] if args.gate_floor is None else args.gate_floor
     tolerance = DEFAULT_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
     summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
-                           gate_floor=floor, gate_tolerance=tolerance)
+                           gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh)
     test = summary["test"]
     print()
     print(f"test micro-F1 {test['micro_f1']:.1f}  macro-F1 {test['macro_f1']:.1f}  "
@@ -61,19 +61,29 @@ def _cmd_compile(args) -> int:
     return 0
 
 
-def _cmd_submit(args) -> int:
-    from pipelines.submit import parse_params, submit
+def _params(args) -> dict:
+    """--param K=V, typed; --no-cache also stops train from reusing a stored model."""
+    from pipelines.submit import parse_params
 
-    result = submit(args.host, args.namespace, args.experiment, args.run_name, parse_params(args.param),
+    params = parse_params(args.param)
+    if args.no_cache:
+        params.setdefault("reuse_stored_model", False)
+    return params
+
+
+def _cmd_submit(args) -> int:
+    from pipelines.submit import submit
+
+    result = submit(args.host, args.namespace, args.experiment, args.run_name, _params(args),
                     enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
     print(f"submitted run {result['run_id']}: {result['url']}")
     return 0
 
 
 def _cmd_schedule(args) -> int:
-    from pipelines.submit import parse_params, schedule
+    from pipelines.submit import schedule
 
-    result = schedule(args.host, args.namespace, args.experiment, args.name, args.cron, parse_params(args.param),
+    result = schedule(args.host, args.namespace, args.experiment, args.name, args.cron, _params(args),
                       enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
     print(f"scheduled recurring run {result['recurring_run_id']} ({args.cron}, at most one at a time)")
     return 0
@@ -186,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deploy only at or above the champion's macro-F1 minus this (default 1.0)")
     run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")
     run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
+    run.add_argument("--fresh", action="store_true",
+                     help="train even if the store already holds a model for this data and config")
     run.set_defaults(func=_cmd_run)
 
     comp = sub.add_parser("compile", help="compile the pipeline to YAML for Kubeflow",

@@ -29,7 +29,7 @@ def _find_run(run_name: str) -> dict:
 
 
 def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: bool = True, store: str = "",
-                 gate_floor: float = 0.0, gate_tolerance: float = 1.0) -> dict:
+                 gate_floor: float = 0.0, gate_tolerance: float = 1.0, reuse_stored_model: bool = True) -> dict:
     """Run the whole pipeline locally; write and return summary.json's content."""
     from kfp import local
 
@@ -48,7 +48,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
     started = time.time()
     tosguard_pipeline(
         run_name=run_name, source=source, **asdict(config), store=store, gate_floor=gate_floor,
-        gate_tolerance=gate_tolerance, deploy=deploy, deploy_target="local",
+        gate_tolerance=gate_tolerance, reuse_stored_model=reuse_stored_model, deploy=deploy, deploy_target="local",
     )
     wall = time.time() - started
     info = _find_run(run_name)

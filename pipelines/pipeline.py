@@ -84,6 +84,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         gradient_checkpointing: bool = False,
         gpus: int = pool.count,
         store: str = "",
+        reuse_stored_model: bool = cluster.caching,
         gate_floor: float = 75.0,
         gate_tolerance: float = 1.0,
         deploy: bool = True,
@@ -123,6 +124,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         train = steps.train_model(
             tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash,
             train_config=run.outputs["train_config"], store=store, source=source, gpus=gpus,
+            reuse_stored_model=reuse_stored_model,
             mlflow_run_id=run_id,
         ).set_display_name("Fine-tune (QLoRA), keep in model store")
         _on_cluster(train, cluster, "8", "64Gi", network_retries=2)

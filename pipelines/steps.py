@@ -113,6 +113,7 @@ def train_model(
     store: str,
     source: str,
     gpus: int,
+    reuse_stored_model: bool,
     mlflow_run_id: str,
     model: Output[Model],
     curves: Output[Metrics],
@@ -124,7 +125,7 @@ def train_model(
     from components.store import store_root
 
     summary = train_job(tokenized_data.path, data_hash, train_config, mlflow_run_id, model.path,
-                        store=store_root(store), source=source, gpus=gpus)
+                        store=store_root(store), source=source, gpus=gpus, reuse=reuse_stored_model)
     model.metadata.update({"method": summary["method"], "base_model": summary["base_model"],
                            "best_epoch": summary["best_epoch"], "data_hash": data_hash,
                            "store_uri": summary["model_uri"], "reused": summary["reused"]})

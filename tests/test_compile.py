@@ -93,6 +93,8 @@ def test_every_task_is_named_resourced_credentialed_and_cached_safely(tmp_path):
 
 def test_no_cache_compiles_a_fresh_run(tmp_path):
     _, spec_doc, _ = _compile(tmp_path, "--no-cache")
+    # A fresh run also retrains when the store already holds a model for the same inputs.
+    assert spec_doc["root"]["inputDefinitions"]["parameters"]["reuse_stored_model"]["defaultValue"] is False
     tasks = _tasks(spec_doc)
     assert all(task.get("cachingOptions", {}).get("enableCache") is not True for task in tasks.values()
                if "componentRef" in task and not task["componentRef"]["name"].startswith("comp-condition"))

@@ -84,8 +84,9 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsy
     assert experiment["display_name"] == "unfair-tos" and experiment["namespace"] == "team-a"
     (run,) = kfp_api.posted("/apis/v2beta1/runs")
     assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+    # --no-cache also stops train from reusing a stored model: a fresh run retrains.
     assert run["runtime_config"]["parameters"] == {"epochs": 2, "learning_rate": 0.0003, "deploy": False,
-                                                   "method": "qlora"}
+                                                   "method": "qlora", "reuse_stored_model": False}
     spec, _ = _specs(run)
     assert spec["pipelineInfo"]["name"] == "tosguard"
     # --no-cache: caching is off for every task in the submitted spec.
