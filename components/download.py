@@ -302,7 +302,7 @@ def download(source: str, output_dir: str, store: str | None = None) -> dict:
         "data_hash": data_hash(digests),
     }
     if store:
-        manifest["snapshot"] = mirror_snapshot(splits, {k: v for k, v in manifest.items()}, store)
+        manifest["snapshot"] = mirror_snapshot(splits, manifest, store)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("download: %s rows %s, data hash %s", source, manifest["rows"], manifest["data_hash"][:12])
     return manifest

@@ -90,8 +90,9 @@ def evaluate_job(tokenized_dir: str, model_dir: str, model_store_uri: str, data_
         current = champion()
         decision = decide(scores["macro_f1"], gate_floor, gate_tolerance, current)
         report = report_markdown(scores, run_label) + report_section(decision, deploy_requested)
+        scored = json.dumps({**scores, "gate": decision}, indent=2)
         Path(report_path).write_text(report)
-        Path(scores_path).write_text(json.dumps({**scores, "gate": decision}, indent=2))
+        Path(scores_path).write_text(scored)
         info = {
             "version": Path(model_store_uri).name, "base_model": card["base_model"], "method": card["method"],
             "data_hash": data_hash, "source": trained.get("source", "?"),
@@ -100,7 +101,7 @@ def evaluate_job(tokenized_dir: str, model_dir: str, model_store_uri: str, data_
             "thresholds": dict(zip(card["categories"], card["thresholds"])), "scores": scores,
         }
         storage.write_text(storage.join(model_store_uri, "report.md"), report)
-        storage.write_text(storage.join(model_store_uri, "scores.json"), json.dumps({**scores, "gate": decision}, indent=2))
+        storage.write_text(storage.join(model_store_uri, "scores.json"), scored)
         storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
         version = register_version(
             model_store_uri, mlflow_run_id, promote=decision["passed"],

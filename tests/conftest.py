@@ -67,6 +67,26 @@ def tosguard_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def moto():
+    """One moto S3 server on 127.0.0.1 for the session, with the buckets tests use."""
+    from tests.servers import MotoServer
+
+    server = MotoServer()
+    for bucket in ("tosguard", "data"):
+        server.client().create_bucket(Bucket=bucket)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto, monkeypatch) -> str:
+    """Point boto3 at the moto server; returns its URL."""
+    for key, value in moto.env.items():
+        monkeypatch.setenv(key, value)
+    return moto.url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,21 +13,6 @@ import pytest
 
 from components import storage
 from components.download import SPLITS, DataError, bundled_dir, download
-from tests.servers import MotoServer
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer()
-    server.client().create_bucket(Bucket="data")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(moto, monkeypatch):
-    for key, value in moto.env.items():
-        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture(scope="module")

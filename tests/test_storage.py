@@ -9,7 +9,7 @@ import pytest
 from components import storage
 from components.modeling import length_sorted_batches
 from components.storage import fetch_folder
-from tests.servers import FaultyProxy, MotoServer
+from tests.servers import FaultyProxy
 
 
 def test_length_sorted_batches_respect_rows_and_token_budget():
@@ -28,21 +28,6 @@ def test_file_uri_and_missing_folder(tmp_path):
         fetch_folder(str(tmp_path / "nope"))
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer()
-    server.client().create_bucket(Bucket="tosguard")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def s3_endpoint(moto, monkeypatch):
-    for key, value in moto.env.items():
-        monkeypatch.setenv(key, value)
-    return moto.url
-
-
 def _tree(root, sizes):
     for rel, size in sizes.items():
         path = root / rel
@@ -51,14 +36,14 @@ def _tree(root, sizes):
     return root
 
 
-def test_folder_round_trip_through_s3_verifies_every_file(s3_endpoint, tmp_path, monkeypatch):
+def test_folder_round_trip_through_s3_verifies_every_file(moto, s3_env, tmp_path, monkeypatch):
     # Small multipart settings so a 12 MiB file goes up in three parts.
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * storage.MIB)
     monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * storage.MIB)
     src = _tree(tmp_path / "src", {"big.bin": 12 * storage.MIB, "a/small.txt": 100, "a/b/empty": 0})
     records = storage.upload_folder(src, "s3://tosguard/t/round")
     assert {r["uri"] for r in records} == {f"s3://tosguard/t/round/{p}" for p in ("big.bin", "a/small.txt", "a/b/empty")}
-    head = boto3_client(s3_endpoint).head_object(Bucket="tosguard", Key="t/round/big.bin")
+    head = moto.client().head_object(Bucket="tosguard", Key="t/round/big.bin")
     assert head["ETag"].strip('"').endswith("-3")  # multipart, and the ETag matched the local recomputation
     assert head["Metadata"]["sha256"] == storage.sha256_file(src / "big.bin")
     assert storage.list_files("s3://tosguard/t/round") == {"big.bin": 12 * storage.MIB, "a/small.txt": 100, "a/b/empty": 0}
@@ -123,13 +108,7 @@ def test_a_transfer_that_never_verifies_fails_clearly(moto, tmp_path, monkeypatc
         proxy.stop()
 
 
-def boto3_client(url):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=url)
-
-
-def test_predictor_loads_a_model_from_an_s3_model_store(s3_endpoint, trained_model_dir, tmp_path):
+def test_predictor_loads_a_model_from_an_s3_model_store(s3_env, trained_model_dir, tmp_path):
     import boto3
 
     from components.predictor import UnfairClauseModel
