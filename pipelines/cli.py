@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=["quick", "default", "quality"], default="default",
                      help="default: all-MiniLM-L6-v2, full data, up to 4 epochs (~9 min on 2 cores); quick: a "
                           "small budget that still trains, evaluates on the full test split and serves (~2 min); "
-                          "quality: all-mpnet-base-v2, up to 5 epochs (about 11 min an epoch on 2 cores)")
+                          "quality: all-mpnet-base-v2, 3 epochs (about 10 min an epoch on 2 cores)")
     run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
     run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
