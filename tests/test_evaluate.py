@@ -26,3 +26,16 @@ def test_report_places_the_run_inside_the_published_table():
     # 82.0 sits below Legal-BERT (83.0) and CaseLaw-BERT (82.3), above RoBERTa-large (81.6).
     assert names[:3] == ["Legal-BERT (base)", "CaseLaw-BERT (base)", "**this run**"]
     assert "rank 3 of 10" in md
+
+
+def test_report_places_a_run_at_the_tables_precision():
+    """83.02 is level with Legal-BERT's published 83.0, not above it; micro-F1 breaks the tie."""
+    per = {name: 50.0 for name in list(CATEGORIES) + ["None (fair)"]}
+    md = report_markdown({"micro_f1": 95.7, "macro_f1": 83.02, "per_category_f1": per, "rows": 1607}, "this run")
+    table = [l for l in md.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    names = [row.split("|")[2].strip() for row in table]
+    assert names[:2] == ["Legal-BERT (base)", "**this run**"]
+    assert "rank 2 of 10" in md and "level on macro-F1 with Legal-BERT (base)" in md
+    # Clearly above at one decimal: first, and level with no one.
+    md = report_markdown({"micro_f1": 95.7, "macro_f1": 83.06, "per_category_f1": per, "rows": 1607}, "this run")
+    assert "rank 1 of 10" in md and "level on" not in md
