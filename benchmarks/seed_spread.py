@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     micro = [r["test_micro_f1"] for r in rows]
     chosen = max(rows, key=lambda r: r["val_macro_f1"])
     result = {
-        "config": json.loads(base.to_json()),
+        "config": {k: v for k, v in json.loads(base.to_json()).items() if k != "seed"},  # seeds: below
         "seeds": rows,
         "test_macro_f1_mean": statistics.mean(macro),
         "test_macro_f1_std": statistics.stdev(macro) if len(macro) > 1 else 0.0,
