@@ -371,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     summary = train(args.tokenized, TrainConfig.from_json(args.config), args.output,
                     checkpoint_dir=args.checkpoint_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
+    rank, world, _ = _distributed()
+    if rank == 0:
         Path(args.summary).write_text(json.dumps(summary, default=str))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()

@@ -10,19 +10,17 @@ import requests
 from components import storage
 from pipelines.cli import main
 from tests.conftest import free_port
-from tests.servers import FaultyProxy, MlflowServer, MotoServer
+from tests.servers import FaultyProxy, MlflowServer
 
 BUCKET = "tosguard"
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    moto = MotoServer()
-    moto.client().create_bucket(Bucket=BUCKET)
+def servers(moto, tmp_path_factory):
+    """The session's moto S3 server (conftest) and an MLflow server storing artifacts in it."""
     tracking = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), moto, BUCKET)
     yield moto, tracking
     tracking.stop()
-    moto.stop()
 
 
 @pytest.fixture
@@ -36,13 +34,18 @@ def cluster_like(servers, tmp_path, monkeypatch):
     main(["serve", "--stop"])
 
 
+def _keys(moto, prefix):
+    client = moto.client()
+    return [o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for o in p.get("Contents", [])]
+
+
 def _verify_objects(moto, prefix):
     """Every object under the prefix holds the bytes its sha256 metadata names."""
     import hashlib
 
     client = moto.client()
-    keys = [o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-            for o in p.get("Contents", [])]
+    keys = _keys(moto, prefix)
     assert keys, prefix
     for key in keys:
         obj = client.get_object(Bucket=BUCKET, Key=key)
@@ -80,7 +83,7 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}"):
         assert fact in card, fact
     # MLflow's artifacts went through the tracking server into the same S3.
-    assert "evaluation/report" in {k.split("/artifacts/", 1)[-1] for k in _verify_objects_or_list(moto, "mlartifacts")}
+    assert "evaluation/report" in {k.split("/artifacts/", 1)[-1] for k in _keys(moto, "mlartifacts")}
 
     # Registered, promoted, deployed.
     client = MlflowClient(tracking.url)
@@ -109,12 +112,6 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     # The endpoint still serves the champion.
     state = json.loads((tmp_path / "home" / "server" / "state.json").read_text())
     assert state["model_dir"] == str(storage.fetch_folder(model_uri))
-
-
-def _verify_objects_or_list(moto, prefix):
-    client = moto.client()
-    return [o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-            for o in p.get("Contents", [])]
 
 
 def test_mlflow_outage_fails_train_clearly_with_the_model_safe_and_the_rerun_reuses_it(
