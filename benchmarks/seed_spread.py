@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base-model")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--target-modules", help="comma-separated LoRA targets (default: per architecture)")
     args = parser.parse_args(argv)
 
     from components.config import preset
@@ -36,12 +37,13 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
-                      learning_rate=args.learning_rate)
+                      learning_rate=args.learning_rate, target_modules=args.target_modules)
         download("bundled", f"{tmp}/raw")
         tokenize(f"{tmp}/raw", base.base_model, base.max_length, f"{tmp}/tok")
         for seed in args.seeds:
             config = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
-                            learning_rate=args.learning_rate, seed=seed)
+                            learning_rate=args.learning_rate, seed=seed,
+                            target_modules=args.target_modules)
             started = time.time()
             summary = train(f"{tmp}/tok", config, f"{tmp}/model-{seed}")
             scores = evaluate(f"{tmp}/model-{seed}", f"{tmp}/tok")

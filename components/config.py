@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class TrainConfig:
             problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        bad = [t for t in self.target_modules.split(",") if not re.fullmatch(r"[A-Za-z0-9_.]+", t.strip())]
+        if self.target_modules and bad:
+            problems.append(f"target_modules must be comma-separated module names (bad: {bad})")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         return self

@@ -134,7 +134,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(str(Path(tokenized_dir) / "tokenizer"))
     pad_id = tokenizer.pad_token_id
 
-    targets = [t for t in config.target_modules.split(",") if t] or None
+    targets = [t.strip() for t in config.target_modules.split(",") if t.strip()] or None
     model = build_classifier(
         base_path, config.method, config.lora_r, config.lora_alpha, config.lora_dropout, targets, compute_dtype,
         config.gradient_checkpointing,

@@ -21,6 +21,7 @@ def _cmd_run(args) -> int:
         args.preset, epochs=args.epochs, max_steps=args.max_steps, train_subset=args.train_subset,
         method=args.method, base_model=args.base_model, seed=args.seed, learning_rate=args.learning_rate,
         checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
+        target_modules=args.target_modules,
     )
     output = Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"tosguard: running the pipeline ({args.preset} preset, {config.method}, {config.base_model}); "
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--base-model", help="HF model id or folder (default: all-MiniLM-L6-v2, shipped offline)")
     run.add_argument("--learning-rate", type=float, help="learning rate of the encoder's trainable weights")
     run.add_argument("--seed", type=int, help="random seed")
+    run.add_argument("--target-modules", metavar="NAMES",
+                     help="comma-separated module names LoRA adapts (default: chosen per architecture)")
     run.add_argument("--checkpoint-every", type=int,
                      help="optimizer steps between resumable checkpoints (0: none; default 50)")
     run.add_argument("--gradient-checkpointing", action="store_true", default=None,

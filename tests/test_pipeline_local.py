@@ -84,6 +84,8 @@ def test_predict_without_a_server_says_how_to_start_one(tosguard_home):
 def test_bad_options_fail_before_any_work(tosguard_home, capsys):
     assert main(["run", "--epochs", "0"]) == 2
     assert "epochs must be >= 1" in capsys.readouterr().err
+    assert main(["run", "--target-modules", "q,,v"]) == 2
+    assert "target_modules must be comma-separated module names" in capsys.readouterr().err
 
 
 def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_path, capsys):
