@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--target-modules", help="comma-separated LoRA targets (default: per architecture)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # per-epoch lines
 
     from components.config import preset
     from components.download import download
