@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 
 def main(argv=None) -> int:
@@ -43,9 +44,7 @@ def main(argv=None) -> int:
         download("bundled", f"{tmp}/raw")
         tokenize(f"{tmp}/raw", base.base_model, base.max_length, f"{tmp}/tok")
         for seed in args.seeds:
-            config = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
-                            learning_rate=args.learning_rate, seed=seed,
-                            target_modules=args.target_modules)
+            config = replace(base, seed=seed)
             started = time.time()
             summary = train(f"{tmp}/tok", config, f"{tmp}/model-{seed}")
             scores = evaluate(f"{tmp}/model-{seed}", f"{tmp}/tok")

@@ -134,10 +134,9 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(str(Path(tokenized_dir) / "tokenizer"))
     pad_id = tokenizer.pad_token_id
 
-    targets = [t.strip() for t in config.target_modules.split(",") if t.strip()] or None
     model = build_classifier(
-        base_path, config.method, config.lora_r, config.lora_alpha, config.lora_dropout, targets, compute_dtype,
-        config.gradient_checkpointing,
+        base_path, config.method, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_list(),
+        compute_dtype, config.gradient_checkpointing,
     )
     labels = np.asarray(train_ds["label_vector"], dtype=np.float32)
     model.init_bias_to_prior(labels.mean(axis=0))
