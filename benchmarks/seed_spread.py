@@ -31,16 +31,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # per-epoch lines
 
-    from components.config import preset
-    from components.download import download
-    from components.evaluate import evaluate
-    from components.tokenize import tokenize
-    from components.train import train
+    import torch
+
+    from tosguard.components.config import preset
+    from tosguard.components.download import download
+    from tosguard.components.evaluate import evaluate
+    from tosguard.components.tokenize import tokenize
+    from tosguard.components.train.loop import train
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
-                      learning_rate=args.learning_rate, target_modules=args.target_modules)
+                      learning_rate=args.learning_rate, target_modules=args.target_modules
+                      ).resolved(cuda=torch.cuda.is_available())
         download("bundled", f"{tmp}/raw")
         tokenize(f"{tmp}/raw", base.base_model, base.max_length, f"{tmp}/tok")
         for seed in args.seeds:

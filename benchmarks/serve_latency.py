@@ -23,7 +23,7 @@ import requests
 
 
 def _test_clauses(n: int) -> list[str]:
-    from components.download import bundled_dir
+    from tosguard.components.download import bundled_dir
 
     lines = (bundled_dir() / "test.jsonl").read_text().splitlines()
     return [json.loads(l)["text"].strip() for l in lines[:n]]
@@ -61,11 +61,11 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TOSGUARD_HOME", tempfile.mkdtemp(prefix="tosguard-bench-"))
     os.environ["TOSGUARD_SERVE_PRECISION"] = args.precision
-    from components.deploy import start_local_server, stop_local_server
+    from tosguard.components.deploy import start_local_server, stop_local_server
 
     model_dir = args.model
     if not model_dir:
-        from pipelines.cli import _latest_model_dir
+        from tosguard.pipelines.cli import _latest_model_dir
 
         model_dir = _latest_model_dir()
     clauses = _test_clauses(max(args.clauses, args.single, 300))

@@ -22,7 +22,7 @@ import torch
 
 
 def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, device):
-    from components.modeling import pad_batch
+    from tosguard.components.modeling import pad_batch
 
     model.train()
     real_tokens = padded_tokens = samples = 0
@@ -71,10 +71,10 @@ def main(argv=None) -> int:
 
     from datasets import load_from_disk
 
-    from components.download import download
-    from components.modeling import build_classifier, resolve_base_model
-    from components.tokenize import tokenize
-    from components.train import length_grouped_batches
+    from tosguard.components.download import download
+    from tosguard.components.modeling import build_classifier, resolve_base_model
+    from tosguard.components.tokenize import tokenize
+    from tosguard.components.train.loop import length_grouped_batches
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,10 @@
-"""One typed configuration for a pipeline run, with named presets.
+"""The ground floor: the one training settings block with its presets, the names tosguard
+uses everywhere, the gate's defaults and the local paths.
 
-The CLI builds it from a preset plus flags; the pipeline receives its fields as typed
-parameters; train reads the train block back from JSON.
+Nothing here imports torch, kserve or mlflow, so the CLI, the pipeline compiler and the
+server controls stay light. The pipeline takes the training settings as one dict
+parameter; `TrainConfig.from_dict` turns such a dict (whole, or a preset name plus
+overrides) into a validated config, and every step after open-run reads that config.
 """
 from __future__ import annotations
 
@@ -11,13 +14,36 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from components.modeling import DEFAULT_BASE_MODEL, METHODS, MPNET
+# -- names ---------------------------------------------------------------------------------
+# The project's one name: the served model, the MLflow experiment and registered model,
+# the store's model folder, the pipeline, and the default InferenceService and namespace.
+NAME = "tosguard"
+CHAMPION_ALIAS = "champion"  # the registry alias the gate moves
+CARD_FILE = "tosguard.json"  # categories, thresholds, base model and method beside each model
+COMPLETE_MARK = "train_summary.json"  # written last into a stored model: it is complete
+HEAD_FILE = "classifier.safetensors"  # the classification head beside the merged encoder
+ADAPTER_DIR = "adapter"  # the LoRA adapter alone (peft)
+
+# -- base models (offline packages first, see modeling.resolve_base_model) ----------------
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+# `auto` resolves when training starts: 4-bit NF4 QLoRA on CUDA, plain LoRA on a CPU
+# (bitsandbytes' 4-bit kernels are slow there and bring nothing the CPU needs).
+METHODS = ("auto", "lora", "qlora", "full")
+
+# -- the gate before deploy (test macro-F1 points) -----------------------------------------
+GATE_FLOOR = 75.0
+GATE_TOLERANCE = 1.0  # seeds alone move test macro-F1 by 0.5 (default) to 1.9 (quality) sd
+# `quick` trains for a minute and only has to prove the pipeline works: no floor.
+PRESET_GATE_FLOORS = {"default": GATE_FLOOR, "quality": GATE_FLOOR, "quick": 0.0}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every training setting, with the default preset's values."""
+
     base_model: str = DEFAULT_BASE_MODEL
-    method: str = "lora"  # lora | qlora (4-bit NF4 base) | full
+    method: str = "auto"  # auto | lora | qlora (4-bit NF4 base) | full
     epochs: int = 4
     max_steps: int = 0  # 0: no cap beyond epochs
     train_subset: int = 0  # 0: the whole train split
@@ -43,14 +69,20 @@ class TrainConfig:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
-        for name in ("epochs", "batch_size", "max_length", "lora_r", "log_every"):
+        if not self.base_model.strip():
+            problems.append("base_model must name a model")
+        for name in ("epochs", "batch_size", "lora_r", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.max_length < 8:
+            problems.append(f"max_length must be at least 8 tokens (got {self.max_length})")
         for name in ("max_steps", "train_subset", "validation_subset", "patience", "checkpoint_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0 < self.learning_rate < 1 or not 0 < self.head_learning_rate < 1:
             problems.append("learning rates must be in (0, 1)")
+        if not 0 <= self.weight_decay < 1 or not 0 <= self.lora_dropout < 1:
+            problems.append("weight_decay and lora_dropout must be in [0, 1)")
         if not 0 < self.threshold < 1:
             problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
         if not 0 <= self.warmup_ratio < 1:
@@ -66,21 +98,80 @@ class TrainConfig:
         """The LoRA target override as module names; None: chosen per architecture."""
         return [t.strip() for t in self.target_modules.split(",")] if self.target_modules else None
 
+    def resolved(self, cuda: bool) -> "TrainConfig":
+        """The config with `auto` replaced by the method this machine trains with."""
+        if self.method != "auto":
+            return self
+        return replace(self, method="qlora" if cuda else "lora")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """A settings dict -> a validated config.
+
+        The dict may hold every field (what open-run hands on) or a `preset` name plus the
+        fields to change; fields it leaves out come from that preset (`default` if none).
+        Numbers are checked against each field's type: KFP hands dict parameters over as
+        JSON, where 4 may arrive as 4.0.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"training settings must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        base_name = data.pop("preset", "default")
+        if base_name not in PRESETS:
+            raise ValueError(f"unknown preset {base_name!r}; choose from {', '.join(PRESETS)}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(kinds))
         if unknown:
-            raise ValueError(f"unknown training config field(s): {sorted(unknown)}")
-        return cls(**data).validate()
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {', '.join(kinds)}")
+        typed = {name: _typed(name, kinds[name], value) for name, value in data.items()}
+        return replace(PRESETS[base_name], **typed).validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"training settings are not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _typed(name: str, kind: str, value):
+    """One setting's value as its field's type, or a ValueError naming the setting."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind == "int":
+        if isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            return value
+        elif isinstance(value, float) and value.is_integer():
+            return int(value)
+        elif isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(value, str):
+        return value
+    raise ValueError(f"training setting {name}: expected {kind}, got {value!r}")
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # About 10 minutes on 2 CPU cores: 4 epochs of LoRA r=16 on all-MiniLM-L6-v2.
+    # About 8 minutes of training on 2 CPU cores: 4 epochs of LoRA r=16 on all-MiniLM-L6-v2.
     "default": TrainConfig(),
     # The strongest offline model: all-mpnet-base-v2 (110M), LoRA on q/k/v/o. Roughly 8x
     # the default's compute: about 10 minutes an epoch on 2 CPU cores (measured). Measured
@@ -101,11 +192,16 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def preset(name: str, **overrides) -> TrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}).validate()
+    """A preset with the given fields changed (None: keep the preset's value), validated."""
+    return TrainConfig.from_dict({"preset": name, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+# -- local paths ----------------------------------------------------------------------------
 def home() -> Path:
     """Where embedded runs keep MLflow's sqlite file, run outputs and the local server."""
     return Path(os.environ.get("TOSGUARD_HOME", ".tosguard")).resolve()
+
+
+def cache_dir() -> Path:
+    """Where unpacked offline weights and fetched S3 models are kept between runs."""
+    return Path(os.environ.get("TOSGUARD_CACHE", Path.home() / ".cache" / "tosguard"))

@@ -2,7 +2,11 @@
 
 Embedded: a KServe ModelServer on 127.0.0.1 as a managed background process, with its
 state (pid, URL, model, log) kept under the tosguard home so that ``tosguard serve
---stop`` and ``tosguard predict`` find it.
+--stop`` and ``tosguard predict`` find it. Cluster: a ServingRuntime and an
+InferenceService created or patched through the Kubernetes API, then waited on.
+Each target has one step entry point (`run_local_step`, `run_kserve_step`) that deploys
+and records the endpoint in the pipeline's MLflow run. No torch or kserve import at
+module level: `tosguard serve --stop` and `--status` stay light.
 """
 from __future__ import annotations
 
@@ -18,11 +22,11 @@ from pathlib import Path
 
 import requests
 
-from components.config import home
-from components.predictor import MODEL_NAME
+from tosguard.components.config import CARD_FILE, NAME, home
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8080
+SERVER_MODULE = "tosguard.components.serving"
 
 
 def server_dir() -> Path:
@@ -102,10 +106,10 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 def start_local_server(model_dir: str, port: int | None = None, timeout: float = 180.0) -> dict:
     """(Re)start the managed ModelServer on 127.0.0.1 over model_dir; wait until ready."""
-    from components.storage import fetch_folder
+    from tosguard.components.storage import fetch_folder
 
     model_dir = str(fetch_folder(model_dir).resolve())
-    if not (Path(model_dir) / "tosguard.json").is_file():
+    if not (Path(model_dir) / CARD_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} is not an exported tosguard model folder")
     stop_local_server()
     server_dir().mkdir(parents=True, exist_ok=True)
@@ -113,13 +117,13 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
     log_path = server_dir() / "server.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "components.predictor", "--model-dir", model_dir,
+            [sys.executable, "-m", SERVER_MODULE, "--model-dir", model_dir,
              "--host", "127.0.0.1", "--http-port", str(port)],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the pipeline step that started it
         )
     url = f"http://127.0.0.1:{port}"
-    state = {"pid": process.pid, "url": url, "model": MODEL_NAME, "model_dir": model_dir,
+    state = {"pid": process.pid, "url": url, "model": NAME, "model_dir": model_dir,
              "log": str(log_path), "started": time.time()}
     deadline = time.time() + timeout
     while True:
@@ -129,7 +133,7 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
                 f"last lines of {log_path}:\n{_log_tail(log_path)}"
             )
         try:
-            ready = requests.get(f"{url}/v1/models/{MODEL_NAME}", timeout=2)
+            ready = requests.get(f"{url}/v1/models/{NAME}", timeout=2)
             if ready.status_code == 200 and ready.json().get("ready"):
                 break
         except requests.RequestException:
@@ -147,7 +151,7 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
 
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 RUNTIME_VERSION, RUNTIME_PLURAL = "v1alpha1", "servingruntimes"
-MODEL_FORMAT = "tosguard"
+MODEL_FORMAT = NAME
 
 
 def build_serving_runtime(name: str, namespace: str, image: str) -> dict:
@@ -161,7 +165,7 @@ def build_serving_runtime(name: str, namespace: str, image: str) -> dict:
         args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"],
         ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
         readiness_probe=k8s.V1Probe(
-            http_get=k8s.V1HTTPGetAction(path=f"/v1/models/{MODEL_NAME}", port=8080),
+            http_get=k8s.V1HTTPGetAction(path=f"/v1/models/{NAME}", port=8080),
             initial_delay_seconds=5, period_seconds=5,
         ),
         security_context=k8s.V1SecurityContext(run_as_non_root=True, allow_privilege_escalation=False),
@@ -169,7 +173,7 @@ def build_serving_runtime(name: str, namespace: str, image: str) -> dict:
     runtime = V1alpha1ServingRuntime(
         api_version=f"{KSERVE_GROUP}/{RUNTIME_VERSION}",
         kind="ServingRuntime",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "tosguard"}),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": NAME}),
         spec=V1alpha1ServingRuntimeSpec(
             supported_model_formats=[V1alpha1SupportedModelFormat(name=MODEL_FORMAT, version="1", auto_select=True)],
             protocol_versions=["v1", "v2"],
@@ -184,7 +188,7 @@ def build_inference_service(
     namespace: str,
     storage_uri: str,
     runtime: str,
-    service_account: str = "tosguard-predictor",
+    service_account: str = f"{NAME}-predictor",
     cpu: str = "1",
     memory: str = "2Gi",
     cpu_limit: str = "2",
@@ -213,7 +217,7 @@ def build_inference_service(
     isvc = V1beta1InferenceService(
         api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         kind="InferenceService",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "tosguard"}),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": NAME}),
         spec=V1beta1InferenceServiceSpec(
             predictor=V1beta1PredictorSpec(service_account_name=service_account, model=model)
         ),
@@ -279,3 +283,37 @@ def deploy_inference_service(
                 f"InferenceService {namespace}/{name} not Ready after {timeout:.0f} s; conditions: {conditions}"
             )
         time.sleep(poll_seconds)
+
+
+# -- the step ----------------------------------------------------------------------------------
+
+
+def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str) -> str:
+    """Embedded deploy: (re)start the local server over the model in the store; returns its URL."""
+    from tosguard.components.tracking import pipeline_run
+
+    started = time.time()
+    state = start_local_server(model_uri)
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"],
+                         "deployed_version": model_version})
+        mlflow.log_metric("step_seconds.deploy", time.time() - started)
+    return state["url"]
+
+
+def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
+                    serving_image: str, service_account: str, ready_timeout_s: int) -> str:
+    """Cluster deploy: create or patch the InferenceService over the model store URI; returns its URL."""
+    from tosguard.components.tracking import pipeline_run
+
+    if not model_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
+        raise ValueError(f"KServe cannot fetch {model_uri!r}: set the pipeline's store to s3://BUCKET/PREFIX")
+    started = time.time()
+    runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image)
+    isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account)
+    result = deploy_inference_service(isvc, runtime, timeout=ready_timeout_s)
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}",
+                         "deployed_version": model_version})
+        mlflow.log_metric("step_seconds.deploy", time.time() - started)
+    return result["url"]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from components.labels import CATEGORIES, NUM_CATEGORIES
+from tosguard.components.labels import CATEGORIES, NUM_CATEGORIES
+from tosguard.components.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,7 @@ class Split:
 
 
 def bundled_dir() -> Path:
-    return Path(str(resources.files("components") / "data" / "unfair_tos"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return Path(str(resources.files("tosguard.components") / "data" / "unfair_tos"))
 
 
 def canonical_line(text: str, labels: list[int]) -> str:
@@ -223,7 +216,7 @@ def read_source(source: str) -> list[Split]:
         with tempfile.TemporaryDirectory(prefix="tosguard-download-") as tmp:
             return _read_folder(_fetch_tarball(source, Path(tmp)), None)
     if source.startswith("s3://"):
-        from components import storage
+        from tosguard.components import storage
 
         with tempfile.TemporaryDirectory(prefix="tosguard-download-") as tmp:
             for name in SPLITS:
@@ -254,8 +247,8 @@ def mirror_snapshot(splits: list[Split], manifest: dict, store: str) -> dict:
     unless a verified snapshot with that hash is already there."""
     import tempfile
 
-    from components import storage
-    from components.store import snapshot_uri
+    from tosguard.components import storage
+    from tosguard.components.store import snapshot_uri
 
     uri = snapshot_uri(store, manifest["data_hash"])
     manifest_uri = storage.join(uri, "manifest.json")
@@ -305,4 +298,22 @@ def download(source: str, output_dir: str, store: str | None = None) -> dict:
         manifest["snapshot"] = mirror_snapshot(splits, manifest, store)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("download: %s rows %s, data hash %s", source, manifest["rows"], manifest["data_hash"][:12])
+    return manifest
+
+
+def run_step(source: str, output_dir: str, store: str, mlflow_run_id: str) -> dict:
+    """The download step: fetch, verify, validate, mirror to the store, record in MLflow.
+    Returns the manifest (its `data_hash` keys every later step)."""
+    import time
+
+    from tosguard.components.store import store_root
+    from tosguard.components.tracking import pipeline_run
+
+    started = time.time()
+    manifest = download(source, output_dir, store=store_root(store))
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.set_tags({"data_hash": manifest["data_hash"], "data_source": source,
+                         "data_snapshot": manifest["snapshot"]["uri"]})
+        mlflow.log_dict(manifest, "data/manifest.json")
+        mlflow.log_metric("step_seconds.download", time.time() - started)
     return manifest

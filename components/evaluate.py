@@ -1,16 +1,25 @@
-"""Step 4, evaluate: the LexGLUE score on the full test split and a report placing this
-run inside the published LexGLUE table."""
+"""Step 4, evaluate: the LexGLUE score on the full test split, a report placing the run
+inside the published LexGLUE table, the gate before deploy, and the registry.
+
+The gate: a model reaches the endpoint only if its test macro-F1 is at least a floor and at
+least the current champion's minus a tolerance. Every evaluated model is registered as a
+version; the alias `champion` moves only when the gate passes.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
-from components.labels import CATEGORIES, NONE_COLUMN
-from components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
-from components.modeling import load_exported, score_encoded
+from tosguard.components import storage
+from tosguard.components.config import CARD_FILE, COMPLETE_MARK
+from tosguard.components.labels import CATEGORIES, NONE_COLUMN
+from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
+from tosguard.components.store import code_version, model_card
+from tosguard.components.tracking import champion, pipeline_run, register_version
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,8 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
     """Score the exported model on a tokenized split with its shipped thresholds."""
     from datasets import load_from_disk
 
+    from tosguard.components.modeling import load_exported, score_encoded
+
     model, tokenizer, card = load_exported(model_dir)
     data = load_from_disk(tokenized_dir)[split]
     probabilities = score_encoded(model, data["input_ids"], tokenizer.pad_token_id)
@@ -98,6 +109,96 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
     return scores
 
 
-def write_outputs(scores: dict, run_label: str, metrics_path: str, report_path: str) -> None:
-    Path(metrics_path).write_text(json.dumps(scores, indent=2))
-    Path(report_path).write_text(report_markdown(scores, run_label))
+# ------------------------------------------------------------------------------ the gate
+
+
+def decide(macro_f1: float, floor: float, tolerance: float, champion: dict | None) -> dict:
+    """Returns {passed, reason, floor, tolerance, champion_version, champion_macro_f1}."""
+    if floor < 0 or tolerance < 0:
+        raise ValueError(f"gate floor and tolerance must be >= 0 (got {floor}, {tolerance})")
+    decision = {"floor": floor, "tolerance": tolerance, "macro_f1": round(macro_f1, 2),
+                "champion_version": None, "champion_macro_f1": None}
+    reasons, passed = [], True
+    if macro_f1 >= floor:
+        reasons.append(f"test macro-F1 {macro_f1:.2f} >= floor {floor:.2f}")
+    else:
+        passed = False
+        reasons.append(f"test macro-F1 {macro_f1:.2f} is below the floor {floor:.2f}")
+    champion_f1 = None
+    if champion and "test_macro_f1" in champion.get("tags", {}):
+        champion_f1 = float(champion["tags"]["test_macro_f1"])
+        decision.update(champion_version=champion["version"], champion_macro_f1=champion_f1)
+        bar = champion_f1 - tolerance
+        if macro_f1 >= bar:
+            reasons.append(f">= champion v{champion['version']} ({champion_f1:.2f}) - tolerance {tolerance:.2f} = {bar:.2f}")
+        else:
+            passed = False
+            reasons.append(
+                f"below champion v{champion['version']} ({champion_f1:.2f}) - tolerance {tolerance:.2f} = {bar:.2f}"
+            )
+    else:
+        reasons.append("no champion yet")
+    decision["passed"] = passed
+    decision["reason"] = ("passed: " if passed else "failed: ") + "; ".join(reasons)
+    return decision
+
+
+def report_section(decision: dict, deploy_requested: bool = True) -> str:
+    verdict = "PASSED" if decision["passed"] else "FAILED"
+    consequence = (
+        "this model is promoted to `champion` and deployed" if decision["passed"] and deploy_requested
+        else "this model is promoted to `champion` (deploy was not requested)" if decision["passed"]
+        else "this model is registered but not promoted, and it is not deployed"
+    )
+    return (
+        f"\n## Gate: {verdict}\n\n{decision['reason']}.\n\nConsequence: {consequence}. "
+        f"(Floor {decision['floor']:.1f}, tolerance {decision['tolerance']:.1f} macro-F1 points.)\n"
+    )
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash: str, mlflow_run_id: str,
+             gate_floor: float, gate_tolerance: float, deploy_requested: bool, run_label: str,
+             scores_path: str, report_path: str) -> dict:
+    """Score on the test split, decide the gate against the champion, write the report and
+    the model card into the store, register the version, move `champion` if it passed."""
+    started = time.time()
+    scores = evaluate(model_dir, tokenized_dir)
+    summary_path = Path(model_dir) / COMPLETE_MARK
+    trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    card = json.loads((Path(model_dir) / CARD_FILE).read_text())
+    with pipeline_run(mlflow_run_id, safe=f"The model and its scores are in the store at {model_store_uri}.") as mlflow:
+        decision = decide(scores["macro_f1"], gate_floor, gate_tolerance, champion())
+        report = report_markdown(scores, run_label) + report_section(decision, deploy_requested)
+        scored = json.dumps({**scores, "gate": decision}, indent=2)
+        Path(report_path).write_text(report)
+        Path(scores_path).write_text(scored)
+        info = {
+            "version": Path(model_store_uri).name, "base_model": card["base_model"], "method": card["method"],
+            "data_hash": data_hash, "source": trained.get("source", "?"),
+            "code_version": trained.get("code_version", code_version()), "mlflow_run_id": mlflow_run_id,
+            "best_epoch": card.get("best_epoch"), "best_val_macro_f1": card.get("val_macro_f1", float("nan")),
+            "thresholds": dict(zip(card["categories"], card["thresholds"])), "scores": scores,
+        }
+        storage.write_text(storage.join(model_store_uri, "report.md"), report)
+        storage.write_text(storage.join(model_store_uri, "scores.json"), scored)
+        storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
+        version = register_version(
+            model_store_uri, mlflow_run_id, promote=decision["passed"],
+            tags={"data_hash": data_hash, "test_macro_f1": round(scores["macro_f1"], 4),
+                  "test_micro_f1": round(scores["micro_f1"], 4), "base_model": card["base_model"],
+                  "method": card["method"], "gate_passed": decision["passed"], "code_version": info["code_version"]},
+        )
+        decision["model_version"] = version
+        mlflow.log_metrics({"test_micro_f1": scores["micro_f1"], "test_macro_f1": scores["macro_f1"]})
+        mlflow.log_metrics({f"test_f1.{k.replace(' ', '_').replace('(', '').replace(')', '')}": v
+                            for k, v in scores["per_category_f1"].items()})
+        mlflow.set_tags({"gate.passed": decision["passed"], "gate": json.dumps(decision), "model_version": version})
+        mlflow.log_artifact(report_path, "evaluation")
+        mlflow.log_dict({**scores, "gate": decision}, "evaluation/scores.json")
+        mlflow.log_dict(decision, "evaluation/gate.json")
+        mlflow.log_metric("step_seconds.evaluate", time.time() - started)
+    log.info("gate: %s", decision["reason"])
+    return {"scores": scores, "gate": decision, "model_version": version}

@@ -14,3 +14,11 @@ CATEGORIES: tuple[str, ...] = (
 NUM_CATEGORIES = len(CATEGORIES)
 # LexGLUE's extra 9th column: the row has no unfair category.
 NONE_COLUMN = "None (fair)"
+
+
+def multi_hot(indices) -> list[float]:
+    """Category indices -> a 0/1 row over CATEGORIES."""
+    row = [0.0] * NUM_CATEGORIES
+    for index in indices:
+        row[index] = 1.0
+    return row

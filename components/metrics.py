@@ -11,16 +11,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import f1_score
 
-from components.labels import CATEGORIES, NONE_COLUMN, NUM_CATEGORIES
-
-
-def multi_hot(label_lists: Sequence[Sequence[int]]) -> np.ndarray:
-    """Category-index lists -> (rows, 8) 0/1 matrix."""
-    out = np.zeros((len(label_lists), NUM_CATEGORIES), dtype=np.int64)
-    for row, labels in enumerate(label_lists):
-        for idx in labels:
-            out[row, idx] = 1
-    return out
+from tosguard.components.labels import CATEGORIES, NONE_COLUMN, NUM_CATEGORIES
 
 
 def with_none_column(matrix: np.ndarray) -> np.ndarray:

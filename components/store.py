@@ -24,12 +24,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from components import storage
-from components.config import home
+from tosguard.components import storage
+from tosguard.components.config import CARD_FILE, COMPLETE_MARK, NAME, home
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "tosguard"
-COMPLETE_MARK = "train_summary.json"
 
 
 def store_root(store: str | None = None) -> str:
@@ -50,7 +48,7 @@ def model_version(data_hash: str, train_config_json: str) -> str:
 
 
 def model_uri(store: str, version: str) -> str:
-    return storage.join(store_root(store), "models", MODEL_NAME, version)
+    return storage.join(store_root(store), "models", NAME, version)
 
 
 def code_version() -> str:
@@ -67,7 +65,7 @@ def code_version() -> str:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            return f"tosguard {version('tosguard')}"
+            return f"{NAME} {version(NAME)}"
         except PackageNotFoundError:
             return "unknown"
 
@@ -82,7 +80,7 @@ def find_model(uri: str) -> dict | None:
 
 def save_model(local_dir: str, uri: str, summary: dict) -> dict:
     """Copy an exported model folder to the store (every file verified), the mark last."""
-    card = json.loads((Path(local_dir) / "tosguard.json").read_text())
+    card = json.loads((Path(local_dir) / CARD_FILE).read_text())
     (Path(local_dir) / "labels.json").write_text(json.dumps(card["categories"], indent=2))
     (Path(local_dir) / "thresholds.json").write_text(
         json.dumps(dict(zip(card["categories"], card["thresholds"])), indent=2)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from components.labels import NUM_CATEGORIES
-from components.modeling import resolve_base_model
+from tosguard.components.labels import multi_hot
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +18,8 @@ def tokenize(raw_dir: str, base_model: str, max_length: int, output_dir: str) ->
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
+    from tosguard.components.modeling import resolve_base_model
+
     if max_length < 8:
         raise ValueError(f"max_length must be at least 8 tokens (got {max_length})")
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model), use_fast=True)
@@ -28,17 +29,11 @@ def tokenize(raw_dir: str, base_model: str, max_length: int, output_dir: str) ->
 
     def encode(batch):
         enc = tokenizer(batch["text"], truncation=True, max_length=max_length, padding=False)
-        hot = []
-        for labels in batch["labels"]:
-            row = [0.0] * NUM_CATEGORIES
-            for idx in labels:
-                row[idx] = 1.0
-            hot.append(row)
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
             "length": [len(ids) for ids in enc["input_ids"]],
-            "label_vector": hot,
+            "label_vector": [multi_hot(labels) for labels in batch["labels"]],
         }
 
     tokenized = raw.map(encode, batched=True, batch_size=1000, desc="tokenize")
@@ -53,4 +48,20 @@ def tokenize(raw_dir: str, base_model: str, max_length: int, output_dir: str) ->
     }
     tokenizer.save_pretrained(str(Path(output_dir) / "tokenizer"))
     log.info("tokenize: %s", stats)
+    return stats
+
+
+def run_step(raw_dir: str, train_config: str, data_hash: str, mlflow_run_id: str, output_dir: str) -> dict:
+    """The tokenize step: the base model and max length come from the training settings."""
+    import time
+
+    from tosguard.components.config import TrainConfig
+    from tosguard.components.tracking import pipeline_run
+
+    started = time.time()
+    config = TrainConfig.from_json(train_config)
+    stats = tokenize(raw_dir, config.base_model, config.max_length, output_dir)
+    with pipeline_run(mlflow_run_id) as mlflow:
+        mlflow.log_dict({**stats, "data_hash": data_hash}, "data/tokenize_stats.json")
+        mlflow.log_metric("step_seconds.tokenize", time.time() - started)
     return stats

@@ -14,12 +14,12 @@ import logging
 import os
 import time
 
-from components.config import home
+from tosguard.components.config import CHAMPION_ALIAS as CHAMPION
+from tosguard.components.config import NAME, home
 
 log = logging.getLogger(__name__)
-EXPERIMENT = "tosguard"
-REGISTERED_MODEL = "tosguard"
-CHAMPION = "champion"
+EXPERIMENT = NAME
+REGISTERED_MODEL = NAME
 RETRY_AFTER_S = 60.0  # after a failure, try MLflow again no sooner than this
 
 
@@ -147,6 +147,26 @@ def pipeline_run(run_id: str, safe: str = ""):
     logger.close(safe)
 
 
+def open_run_step(run_name: str, source: str, train: dict) -> tuple[str, str]:
+    """The pipeline's first task: validate the inputs, then open the pipeline's MLflow run
+    with every training setting logged once. Returns (run id, the validated settings as
+    JSON), which every later step reads."""
+    from tosguard.components.config import TrainConfig
+
+    config = TrainConfig.from_dict(train)
+    if not source:
+        raise ValueError("source must name a data source, e.g. 'bundled'")
+    run_id = open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in config.to_dict().items()}})
+    return run_id, config.to_json()
+
+
+def find_runs(filter_string: str, max_results: int = 1) -> list:
+    """Runs of the tosguard experiment matching an MLflow filter, newest first."""
+    mlflow = _client()
+    return mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string,
+                              order_by=["attributes.start_time DESC"], max_results=max_results, output_format="list")
+
+
 def run_info(run_id: str) -> dict:
     """Params, metrics, tags and artifact URI of a run, for summaries."""
     mlflow = _client()
@@ -191,7 +211,7 @@ def register_version(source: str, run_id: str, tags: dict, promote: bool, name: 
     client = MlflowClient(tracking_uri())
     try:
         try:
-            client.create_registered_model(name, description="tosguard: unfair-clause classifiers (LexGLUE UNFAIR-ToS)")
+            client.create_registered_model(name, description=f"{NAME}: unfair-clause classifiers (LexGLUE UNFAIR-ToS)")
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -203,3 +223,30 @@ def register_version(source: str, run_id: str, tags: dict, promote: bool, name: 
     log.info("registered %s version %s (source %s)%s", name, version.version, source,
              "; champion now" if promote else "")
     return str(version.version)
+
+
+def model_source(uri: str) -> str:
+    """A registry URI -> the model store URI its version points at; other URIs unchanged.
+
+    ``models:/NAME@ALIAS`` (e.g. ``models:/tosguard@champion``) or ``models:/NAME/VERSION``.
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+
+    ref = uri[len("models:/"):].strip("/")
+    client = MlflowClient(tracking_uri())
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in ref:
+            name, number = ref.split("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            raise ValueError(f"{uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise FileNotFoundError(f"{uri}: not found in the registry at {tracking_uri()} ({exc})") from exc
+    return version.source

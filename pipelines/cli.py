@@ -8,27 +8,41 @@ import sys
 import time
 from pathlib import Path
 
-log = logging.getLogger("tosguard")
+from tosguard.components.config import GATE_TOLERANCE, METHODS, NAME, PRESET_GATE_FLOORS, PRESETS, TrainConfig
+
+log = logging.getLogger(NAME)
+# `tosguard run` flags that set training settings: flag dest -> TrainConfig field.
+RUN_TRAIN_FLAGS = ("epochs", "max_steps", "train_subset", "method", "base_model", "learning_rate", "seed",
+                   "target_modules", "checkpoint_every", "gradient_checkpointing")
+
+
+def run_config(args) -> TrainConfig:
+    """The training block of `tosguard run`: the preset, then --param settings, then flags."""
+    from tosguard.pipelines.submit import TRAIN_SETTINGS
+
+    settings = {}
+    for pair in args.param or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in TRAIN_SETTINGS:
+            raise ValueError(f"--param {pair!r}: expected SETTING=VALUE with a training setting "
+                             f"({', '.join(TRAIN_SETTINGS)})")
+        settings[key] = value
+    settings.update({k: getattr(args, k) for k in RUN_TRAIN_FLAGS if getattr(args, k) is not None})
+    return TrainConfig.from_dict({"preset": args.preset, **settings})
 
 
 def _cmd_run(args) -> int:
-    from components.config import home, preset
-    from components.gate import DEFAULT_TOLERANCE, PRESET_FLOORS
-    from components.store import store_root
-    from pipelines.local_run import run_pipeline
+    from tosguard.components.config import home
+    from tosguard.components.store import store_root
+    from tosguard.pipelines.local_run import run_pipeline
 
-    config = preset(
-        args.preset, epochs=args.epochs, max_steps=args.max_steps, train_subset=args.train_subset,
-        method=args.method, base_model=args.base_model, seed=args.seed, learning_rate=args.learning_rate,
-        checkpoint_every=args.checkpoint_every, gradient_checkpointing=args.gradient_checkpointing,
-        target_modules=args.target_modules,
-    )
+    config = run_config(args)
     output = Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     print(f"tosguard: running the pipeline ({args.preset} preset, {config.method}, {config.base_model}); "
           f"output in {output.resolve()}", flush=True)
     store = store_root(args.store)
-    floor = PRESET_FLOORS[args.preset] if args.gate_floor is None else args.gate_floor
-    tolerance = DEFAULT_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
+    floor = PRESET_GATE_FLOORS[args.preset] if args.gate_floor is None else args.gate_floor
+    tolerance = GATE_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
     summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
                            gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh)
     test = summary["test"]
@@ -50,30 +64,30 @@ def _cmd_run(args) -> int:
 def _cmd_compile(args) -> int:
     from kfp import compiler
 
-    from pipelines.pipeline import ClusterSettings, GpuPool, make_pipeline
+    from tosguard.pipelines.pipeline import ClusterSettings, GpuPool, make_pipeline
 
     pool = GpuPool(
         node_selector_key=args.node_selector_key, node_selector_value=args.node_selector_value,
         taint_key=args.taint_key, taint_value=args.taint_value, count=args.gpus,
     )
     cluster = ClusterSettings(s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret, caching=not args.no_cache)
-    compiler.Compiler().compile(make_pipeline(pool, cluster), package_path=args.output)
+    compiler.Compiler().compile(make_pipeline(pool, cluster, PRESETS[args.preset]), package_path=args.output)
     print(f"wrote {args.output}")
     return 0
 
 
 def _params(args) -> dict:
     """--param K=V, typed; --no-cache also stops train from reusing a stored model."""
-    from pipelines.submit import parse_params
+    from tosguard.pipelines.submit import parse_params
 
-    params = parse_params(args.param)
+    params = parse_params(args.param, args.preset)
     if args.no_cache:
         params.setdefault("reuse_stored_model", False)
     return params
 
 
 def _cmd_submit(args) -> int:
-    from pipelines.submit import submit
+    from tosguard.pipelines.submit import submit
 
     result = submit(args.host, args.namespace, args.experiment, args.run_name, _params(args),
                     enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
@@ -82,7 +96,7 @@ def _cmd_submit(args) -> int:
 
 
 def _cmd_schedule(args) -> int:
-    from pipelines.submit import schedule
+    from tosguard.pipelines.submit import schedule
 
     result = schedule(args.host, args.namespace, args.experiment, args.name, args.cron, _params(args),
                       enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
@@ -92,25 +106,19 @@ def _cmd_schedule(args) -> int:
 
 def _latest_model_dir() -> str:
     """The champion's store URI; without a champion, the latest trained model's."""
-    import mlflow
-
-    from components.tracking import EXPERIMENT, champion, tracking_uri
+    from tosguard.components.tracking import champion, find_runs
 
     best = champion()
     if best:
         return best["source"]
-    mlflow.set_tracking_uri(tracking_uri())
-    runs = mlflow.search_runs(
-        experiment_names=[EXPERIMENT], filter_string="tags.model_uri LIKE '%'",
-        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
-    )
+    runs = find_runs("tags.model_uri LIKE '%'")
     if not runs:
         raise SystemExit("tosguard serve: no trained model found; run `tosguard run` first or pass --model DIR")
     return runs[0].data.tags["model_uri"]
 
 
 def _cmd_serve(args) -> int:
-    from components.deploy import read_state, start_local_server, stop_local_server
+    from tosguard.components.deploy import read_state, start_local_server, stop_local_server
 
     if args.stop:
         print("stopped the local server" if stop_local_server() else "no local server was running")
@@ -130,7 +138,7 @@ def _cmd_serve(args) -> int:
 def _cmd_predict(args) -> int:
     import requests
 
-    from components.deploy import read_state
+    from tosguard.components.deploy import read_state
 
     url = args.url
     if not url:
@@ -139,7 +147,7 @@ def _cmd_predict(args) -> int:
             raise SystemExit("tosguard predict: no local server is running; start one with `tosguard serve`")
         url = state["url"]
     try:
-        response = requests.post(f"{url}/v1/models/tosguard:predict", json={"instances": args.text}, timeout=60)
+        response = requests.post(f"{url}/v1/models/{NAME}:predict", json={"instances": args.text}, timeout=60)
     except requests.RequestException as exc:
         raise SystemExit(f"tosguard predict: cannot reach {url}: {exc}")
     if response.status_code != 200:
@@ -171,14 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local): download to a served model",
                          description="Run download, tokenize, train, evaluate and deploy through kfp.local's "
                                      "SubprocessRunner on this machine, then print and save a summary.")
-    run.add_argument("--preset", choices=["quick", "default", "quality"], default="default",
+    run.add_argument("--preset", choices=list(PRESETS), default="default",
                      help="default: all-MiniLM-L6-v2, full data, up to 4 epochs (~9 min on 2 cores); quick: a "
                           "small budget that still trains, evaluates on the full test split and serves (~2 min); "
                           "quality: all-mpnet-base-v2, 3 epochs (about 10 min an epoch on 2 cores)")
     run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
     run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
-    run.add_argument("--method", choices=["lora", "qlora", "full"], help="lora (default), qlora (4-bit NF4 base) or full")
+    run.add_argument("--method", choices=METHODS,
+                     help="auto (default: qlora on a GPU, lora on a CPU), lora, qlora (4-bit NF4 base) or full")
     run.add_argument("--base-model", help="HF model id or folder (default: all-MiniLM-L6-v2, shipped offline)")
     run.add_argument("--learning-rate", type=float, help="learning rate of the encoder's trainable weights")
     run.add_argument("--seed", type=int, help="random seed")
@@ -188,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="optimizer steps between resumable checkpoints (0: none; default 50)")
     run.add_argument("--gradient-checkpointing", action="store_true", default=None,
                      help="recompute activations in the backward pass to save memory")
+    run.add_argument("--param", action="append", metavar="SETTING=VALUE",
+                     help="any training setting, repeatable (e.g. --param lora_r=8 --param batch_size=16); "
+                          "flags above win over it")
     run.add_argument("--source", default="bundled",
                      help="data source: bundled (default), a folder of train/validation/test .jsonl, "
                           "s3://BUCKET/PREFIX, an https:// unfair_tos.tar.gz, or hf://coastalcph/lex_glue/unfair_tos")
@@ -207,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Compile the pipeline for a cluster: the train step asks for GPUs on an "
                                       "A100 node pool (node selector and toleration).")
     comp.add_argument("--output", required=True, help="where to write the pipeline YAML")
+    comp.add_argument("--preset", choices=list(PRESETS), default="default",
+                      help="the training block the run form starts from")
     comp.add_argument("--gpus", type=int, default=1, help="GPUs for the train step")
     comp.add_argument("--node-selector-key", default="cloud.google.com/gke-accelerator")
     comp.add_argument("--node-selector-value", default="nvidia-tesla-a100")
@@ -223,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")
         p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
         p.add_argument("--experiment", default="tosguard", help="experiment name (created if missing)")
+        p.add_argument("--preset", choices=list(PRESETS),
+                       help="training preset the run's training block starts from (default: the compiled one)")
         p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                       help="pipeline parameter, repeatable (e.g. --param method=qlora --param epochs=4)")
+                       help="pipeline parameter or training setting, repeatable "
+                            "(e.g. --param method=qlora --param epochs=4 --param store=s3://bucket/tosguard)")
         p.add_argument("--pipeline", help="a compiled pipeline YAML (default: compile the current one)")
         p.add_argument("--no-cache", action="store_true", help="run every task afresh")
 

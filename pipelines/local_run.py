@@ -5,24 +5,18 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from components.config import TrainConfig, home
+from tosguard.components.config import NAME, TrainConfig, home
 
 log = logging.getLogger(__name__)
 STEPS = ("download", "tokenize", "train", "evaluate", "deploy")
 
 
 def _find_run(run_name: str) -> dict:
-    import mlflow
+    from tosguard.components.tracking import find_runs, run_info, tracking_uri
 
-    from components.tracking import EXPERIMENT, run_info, tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    runs = mlflow.search_runs(
-        experiment_names=[EXPERIMENT], filter_string=f"tags.`mlflow.runName` = '{run_name}'", output_format="list"
-    )
+    runs = find_runs(f"tags.`mlflow.runName` = '{run_name}'")
     if not runs:
         raise RuntimeError(f"no MLflow run named {run_name!r} at {tracking_uri()}")
     return run_info(runs[0].info.run_id)
@@ -33,13 +27,13 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
     """Run the whole pipeline locally; write and return summary.json's content."""
     from kfp import local
 
-    from pipelines.pipeline import tosguard_pipeline
+    from tosguard.pipelines.pipeline import tosguard_pipeline
 
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     # Steps run in subprocesses: hand them the same home (MLflow sqlite, local server).
     os.environ["TOSGUARD_HOME"] = str(home())
-    run_name = f"tosguard-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_name = f"{NAME}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(output_dir / "artifacts"),
@@ -47,7 +41,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
     )
     started = time.time()
     tosguard_pipeline(
-        run_name=run_name, source=source, **asdict(config), store=store, gate_floor=gate_floor,
+        run_name=run_name, source=source, train=config.to_dict(), store=store, gate_floor=gate_floor,
         gate_tolerance=gate_tolerance, reuse_stored_model=reuse_stored_model, deploy=deploy, deploy_target="local",
     )
     wall = time.time() - started
@@ -78,14 +72,14 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
         "gate": gate,
         "deployed": deployed,
         "endpoint": tags.get("endpoint") if deployed else None,
-        "registry": {"name": "tosguard", "version": tags.get("model_version"), "source": model_dir},
+        "registry": {"name": NAME, "version": tags.get("model_version"), "source": model_dir},
         "store": store,
         "data_snapshot": tags.get("data_snapshot"),
         "train_reused_stored_model": tags.get("train.reused") == "True",
         "data_hash": tags.get("data_hash"),
         "step_seconds": {s: round(metrics[f"step_seconds.{s}"], 1) for s in STEPS if f"step_seconds.{s}" in metrics},
         "wall_seconds": round(wall, 1),
-        "config": asdict(config),
+        "config": config.to_dict(),
         "source": source,
     }
     # Copy the report next to the summary so a person finds both in one place.

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
-from pipelines import steps
-from pipelines.images import SERVING_IMAGE
+from tosguard.components.config import GATE_FLOOR, GATE_TOLERANCE, NAME, PRESETS, TrainConfig
+from tosguard.pipelines import steps
+from tosguard.pipelines.images import SERVING_IMAGE
 
 
 @dataclass(frozen=True)
@@ -52,59 +53,37 @@ def _on_cluster(task, cluster: ClusterSettings, cpu: str, memory: str, network_r
     return task
 
 
-def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterSettings()):
+def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterSettings(),
+                  train_defaults: TrainConfig = PRESETS["default"]):
+    """The pipeline; `train_defaults` is the training block the run form starts from."""
+
     @dsl.pipeline(
-        name="tosguard",
+        name=NAME,
         description="Fine-tune a transformer with QLoRA on LexGLUE UNFAIR-ToS, score it as LexGLUE does, serve it.",
     )
     def tosguard_pipeline(
-        run_name: str = "tosguard",
+        run_name: str = NAME,
         source: str = "bundled",
-        base_model: str = "sentence-transformers/all-MiniLM-L6-v2",
-        method: str = "qlora",
-        epochs: int = 4,
-        max_steps: int = 0,
-        train_subset: int = 0,
-        validation_subset: int = 0,
-        batch_size: int = 32,
-        learning_rate: float = 5e-4,
-        head_learning_rate: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        lora_r: int = 16,
-        lora_alpha: int = 32,
-        lora_dropout: float = 0.1,
-        target_modules: str = "",
-        max_length: int = 128,
-        patience: int = 2,
-        seed: int = 42,
-        threshold: float = 0.5,
-        log_every: int = 10,
-        checkpoint_every: int = 50,
-        gradient_checkpointing: bool = False,
+        # Every training setting in one block (components/config.py: TrainConfig). A run may
+        # pass the whole block or {"preset": NAME, ...changes}; open-run validates it once.
+        train: dict = train_defaults.to_dict(),
         gpus: int = pool.count,
         store: str = "",
         reuse_stored_model: bool = cluster.caching,
-        gate_floor: float = 75.0,
-        gate_tolerance: float = 1.0,
+        gate_floor: float = GATE_FLOOR,
+        gate_tolerance: float = GATE_TOLERANCE,
         deploy: bool = True,
         deploy_target: str = "kserve",
-        service_name: str = "tosguard",
-        namespace: str = "tosguard",
+        service_name: str = NAME,
+        namespace: str = NAME,
         serving_image: str = SERVING_IMAGE,
-        service_account: str = "tosguard-predictor",
+        service_account: str = f"{NAME}-predictor",
         ready_timeout_s: int = 900,
     ):
-        run = steps.open_run(
-            run_name=run_name, source=source, base_model=base_model, method=method, epochs=epochs,
-            max_steps=max_steps, train_subset=train_subset, validation_subset=validation_subset,
-            batch_size=batch_size, learning_rate=learning_rate, head_learning_rate=head_learning_rate,
-            weight_decay=weight_decay, warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, target_modules=target_modules, max_length=max_length, patience=patience,
-            seed=seed, threshold=threshold, log_every=log_every, checkpoint_every=checkpoint_every,
-            gradient_checkpointing=gradient_checkpointing,
-        ).set_display_name("Validate inputs, open MLflow run")
+        run = steps.open_run(run_name=run_name, source=source, train=train)
+        run.set_display_name("Validate inputs, open MLflow run")
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
+        train_config = run.outputs["train_config"]
         run_id = run.outputs["mlflow_run_id"]
 
         download = steps.download_data(source=source, store=store, mlflow_run_id=run_id)
@@ -116,30 +95,28 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         data_hash = download.outputs["Output"]
 
         tokenize = steps.tokenize_data(
-            raw_data=download.outputs["raw_data"], data_hash=data_hash, base_model=base_model,
-            max_length=max_length, mlflow_run_id=run_id,
+            raw_data=download.outputs["raw_data"], data_hash=data_hash, train_config=train_config,
+            mlflow_run_id=run_id,
         ).set_display_name("Tokenize to Arrow")
         _on_cluster(tokenize, cluster, "2", "8Gi", network_retries=2)
 
-        train = steps.train_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash,
-            train_config=run.outputs["train_config"], store=store, source=source, gpus=gpus,
-            reuse_stored_model=reuse_stored_model,
-            mlflow_run_id=run_id,
+        fit = steps.train_model(
+            tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash, train_config=train_config,
+            store=store, source=source, gpus=gpus, reuse_stored_model=reuse_stored_model, mlflow_run_id=run_id,
         ).set_display_name("Fine-tune (QLoRA), keep in model store")
-        _on_cluster(train, cluster, "8", "64Gi", network_retries=2)
+        _on_cluster(fit, cluster, "8", "64Gi", network_retries=2)
         # The GPU count is a run parameter: the pod asks for that many, and train runs one
         # data-parallel worker per GPU.
-        train.set_accelerator_type(pool.accelerator).set_accelerator_limit(gpus)
-        kubernetes.add_node_selector(train, pool.node_selector_key, pool.node_selector_value)
+        fit.set_accelerator_type(pool.accelerator).set_accelerator_limit(gpus)
+        kubernetes.add_node_selector(fit, pool.node_selector_key, pool.node_selector_value)
         kubernetes.add_toleration(
-            train, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
+            fit, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
         )
 
-        model_uri = train.outputs["Output"]
+        model_uri = fit.outputs["Output"]
 
         evaluate = steps.evaluate_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], model=train.outputs["model"], model_uri=model_uri,
+            tokenized_data=tokenize.outputs["tokenized_data"], model=fit.outputs["model"], model_uri=model_uri,
             data_hash=data_hash, mlflow_run_id=run_id, gate_floor=gate_floor, gate_tolerance=gate_tolerance,
             deploy=deploy,
         ).set_display_name("Evaluate on LexGLUE test, gate, register")

@@ -1,25 +1,48 @@
 """Submit the pipeline to a Kubeflow Pipelines API: one run, or a recurring (retraining) run."""
 from __future__ import annotations
 
+import json
 import tempfile
+from dataclasses import fields
 from pathlib import Path
+
+from tosguard.components.config import TrainConfig
 
 _CASTS = {"Integer": int, "NUMBER_INTEGER": int, "Float": float, "Double": float, "NUMBER_DOUBLE": float,
           "Boolean": None, "BOOLEAN": None, "String": str, "STRING": str}
+TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig))
 
 
-def parse_params(pairs: list[str]) -> dict:
-    """KEY=VALUE strings -> pipeline arguments, typed and checked against the pipeline."""
-    from pipelines.pipeline import tosguard_pipeline
+def parse_params(pairs: list[str] | None, preset: str | None = None) -> dict:
+    """KEY=VALUE strings -> pipeline arguments, typed and checked against the pipeline.
+
+    A training setting (`epochs=2`, or `train={"epochs": 2}` as JSON) goes into the one
+    `train` block, built on `preset` (default: the default preset) and validated here, so
+    a bad value fails before anything is submitted.
+    """
+    from tosguard.pipelines.pipeline import tosguard_pipeline
 
     inputs = tosguard_pipeline.component_spec.inputs or {}
-    params = {}
+    params, train = {}, {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
+        if key in TRAIN_SETTINGS:
+            train[key] = value
+            continue
+        if key == "train":
+            try:
+                block = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--param train=...: not valid JSON ({exc})") from None
+            if not isinstance(block, dict):
+                raise ValueError("--param train=...: expected a JSON object of training settings")
+            train.update(block)
+            continue
         if key not in inputs:
-            raise ValueError(f"--param {key}: not a pipeline parameter (known: {', '.join(sorted(inputs))})")
+            known = sorted(set(inputs) - {"train"}) + list(TRAIN_SETTINGS)
+            raise ValueError(f"--param {key}: not a pipeline parameter or training setting (known: {', '.join(known)})")
         kind = inputs[key].type
         try:
             if _CASTS.get(kind, str) is None:
@@ -30,6 +53,9 @@ def parse_params(pairs: list[str]) -> dict:
                 params[key] = _CASTS.get(kind, str)(value)
         except ValueError:
             raise ValueError(f"--param {key}={value}: expected a {kind}") from None
+    if train or preset:
+        preset = train.pop("preset", preset) or "default"
+        params["train"] = TrainConfig.from_dict({"preset": preset, **train}).to_dict()
     return params
 
 
@@ -40,7 +66,7 @@ def _package(pipeline_file: str | None, workdir: str) -> str:
         return pipeline_file
     from kfp import compiler
 
-    from pipelines.pipeline import tosguard_pipeline
+    from tosguard.pipelines.pipeline import tosguard_pipeline
 
     path = str(Path(workdir) / "tosguard.yaml")
     compiler.Compiler().compile(tosguard_pipeline, package_path=path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.download import SPLITS, bundled_dir
+from tosguard.components.download import SPLITS, bundled_dir
 
 # Slices keep every category present where the split has one, so metrics stay meaningful.
 SLICE_ROWS = {"train": 400, "validation": 160, "test": 160}
@@ -31,7 +31,7 @@ def data_slice_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def raw_dir(data_slice_dir, tmp_path_factory) -> Path:
-    from components.download import download
+    from tosguard.components.download import download
 
     out = tmp_path_factory.mktemp("raw") / "dataset"
     download(str(data_slice_dir), str(out))
@@ -40,8 +40,8 @@ def raw_dir(data_slice_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenized_dir(raw_dir, tmp_path_factory) -> Path:
-    from components.modeling import DEFAULT_BASE_MODEL
-    from components.tokenize import tokenize
+    from tosguard.components.config import DEFAULT_BASE_MODEL
+    from tosguard.components.tokenize import tokenize
 
     out = tmp_path_factory.mktemp("tokenized") / "dataset"
     tokenize(str(raw_dir), DEFAULT_BASE_MODEL, 128, str(out))
@@ -51,11 +51,11 @@ def tokenized_dir(raw_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model_dir(tokenized_dir, tmp_path_factory) -> Path:
     """A LoRA model trained for a few steps on the slice (exported folder)."""
-    from components.config import TrainConfig
-    from components.train import train
+    from tosguard.components.config import TrainConfig
+    from tosguard.components.train.loop import train
 
     out = tmp_path_factory.mktemp("model") / "model"
-    train(str(tokenized_dir), TrainConfig(epochs=1, max_steps=12, batch_size=16, log_every=5), str(out))
+    train(str(tokenized_dir), TrainConfig(method="lora", epochs=1, max_steps=12, batch_size=16, log_every=5), str(out))
     return out
 
 

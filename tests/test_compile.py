@@ -1,8 +1,9 @@
 """The compiled pipeline for a cluster: GPU, node selector, toleration; loads back with kfp."""
+import pytest
 import yaml
 from google.protobuf import json_format
 
-from pipelines.cli import main
+from tosguard.pipelines.cli import main
 
 
 def _compile(tmp_path, *extra):
@@ -46,7 +47,7 @@ def test_pool_labels_are_configurable_and_yaml_loads_back(tmp_path):
     assert k8s["nodeSelector"]["labels"] == {"eks.amazonaws.com/nodegroup": "a100"}
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "tosguard"
-    assert {"source", "method", "epochs", "deploy"} <= set(loaded.component_spec.inputs)
+    assert {"source", "train", "deploy"} <= set(loaded.component_spec.inputs)
     # The GPU count is a run parameter (default from --gpus) that sizes the train pod's request.
     assert loaded.component_spec.inputs["gpus"].default == 2
 
@@ -111,13 +112,41 @@ def test_evaluate_emits_ui_artifacts(tmp_path):
         "schemaTitle"] == "system.Metrics"
 
 
-def test_every_training_setting_is_a_pipeline_parameter():
-    """A preset's settings reach train only through pipeline parameters: none may be missing."""
+def test_training_settings_are_one_block_whose_defaults_cannot_drift(tmp_path):
+    """The pipeline's `train` parameter, the CLI's run defaults and the presets are one
+    definition: the compiled default is the preset, `tosguard run` with no flags builds the
+    same block, and the settings appear nowhere else among the pipeline's parameters."""
     from dataclasses import fields
 
-    from components.config import TrainConfig
-    from pipelines.pipeline import tosguard_pipeline
+    from tosguard.components.config import PRESETS, TrainConfig
+    from tosguard.pipelines.cli import build_parser, run_config
+    from tosguard.pipelines.pipeline import tosguard_pipeline
 
-    inputs = set(tosguard_pipeline.component_spec.inputs)
-    assert {f.name for f in fields(TrainConfig)} <= inputs
-    assert {"store", "gate_floor", "gate_tolerance", "deploy", "source"} <= inputs
+    inputs = tosguard_pipeline.component_spec.inputs
+    assert not {f.name for f in fields(TrainConfig)} & set(inputs), "training settings must live in `train` only"
+    for name in PRESETS:
+        _, spec_doc, _ = _compile(tmp_path, "--preset", name)
+        compiled = spec_doc["root"]["inputDefinitions"]["parameters"]["train"]
+        assert compiled["parameterType"] == "STRUCT"
+        # As KFP hands it over (JSON numbers): the validated block equals the preset.
+        assert TrainConfig.from_dict(compiled["defaultValue"]) == PRESETS[name]
+        assert run_config(build_parser().parse_args(["run", "--preset", name])) == PRESETS[name]
+    assert TrainConfig.from_dict(inputs["train"].default) == PRESETS["default"]
+    # Flags and --param map onto the same block; flags win.
+    args = build_parser().parse_args(["run", "--preset", "quick", "--param", "lora_r=8", "--param", "seed=3",
+                                      "--seed", "5"])
+    assert run_config(args) == TrainConfig.from_dict({"preset": "quick", "lora_r": 8, "seed": 5})
+
+
+def test_the_settings_block_is_checked_once_with_clear_errors():
+    from tosguard.components.config import PRESETS, TrainConfig
+
+    # KFP may hand integers over as JSON floats; they are taken back exactly, never rounded.
+    as_json = {k: float(v) if type(v) is int else v for k, v in PRESETS["default"].to_dict().items()}
+    assert TrainConfig.from_dict(as_json) == PRESETS["default"]
+    for bad, message in [({"epochs": 2.5}, "epochs: expected int"), ({"epochs": True}, "epochs: expected int"),
+                         ({"learning_rate": "fast"}, "learning_rate: expected float"),
+                         ({"epoch": 3}, "unknown training setting"), ({"preset": "huge"}, "unknown preset"),
+                         ({"method": "dora"}, "method must be one of"), ({"max_length": 4}, "max_length must be")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict(bad)

@@ -8,7 +8,7 @@ import kmock
 import pytest
 from kubernetes import client as k8s
 
-from components.deploy import (
+from tosguard.components.deploy import (
     KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION, RUNTIME_PLURAL, RUNTIME_VERSION, build_inference_service,
     build_serving_runtime, deploy_inference_service,
 )

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from components.download import BUNDLED_ROWS, BUNDLED_SHA256, DataError, bundled_dir, download, parse_jsonl
-from components.labels import CATEGORIES
+from tosguard.components.download import BUNDLED_ROWS, BUNDLED_SHA256, DataError, bundled_dir, download, parse_jsonl
+from tosguard.components.labels import CATEGORIES
 
 
 def test_bundled_snapshot_is_the_full_lexglue_release(tmp_path):

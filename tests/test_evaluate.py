@@ -1,6 +1,6 @@
 """Evaluate step: the score on a split and the report inside the LexGLUE table."""
-from components.evaluate import LEXGLUE_TABLE, evaluate, report_markdown
-from components.labels import CATEGORIES
+from tosguard.components.evaluate import LEXGLUE_TABLE, evaluate, report_markdown
+from tosguard.components.labels import CATEGORIES
 
 
 def test_evaluate_scores_every_row_and_fills_the_confusion(trained_model_dir, tokenized_dir):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.deploy import build_inference_service, build_serving_runtime
+from tosguard.components.deploy import build_inference_service, build_serving_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -2,8 +2,13 @@
 import numpy as np
 import pytest
 
-from components.labels import CATEGORIES, NONE_COLUMN
-from components.metrics import lexglue_scores, multi_hot, predict_from_probabilities, with_none_column
+from tosguard.components.labels import CATEGORIES, NONE_COLUMN
+from tosguard.components.labels import multi_hot as row
+from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
+
+
+def multi_hot(label_lists):
+    return np.asarray([row(labels) for labels in label_lists], dtype=np.int64)
 
 
 def test_none_column_marks_rows_without_labels():

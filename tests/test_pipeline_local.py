@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from components.labels import CATEGORIES
-from pipelines.cli import main
+from tosguard.components.labels import CATEGORIES
+from tosguard.pipelines.cli import main
 from tests.conftest import free_port
 
 

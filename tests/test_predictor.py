@@ -8,8 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from kserve.errors import InvalidInput
 
-from components.labels import CATEGORIES
-from components.predictor import UnfairClauseModel, build_app, split_sentences, validate_instances
+from tosguard.components.labels import CATEGORIES
+from tosguard.components.serving.app import build_app
+from tosguard.components.serving.model import UnfairClauseModel
+from tosguard.components.serving.split import split_sentences
+from tosguard.components.serving.validate import validate_instances
 
 V1 = "/v1/models/tosguard:predict"
 V2 = "/v2/models/tosguard/infer"

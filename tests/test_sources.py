@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from components import storage
-from components.download import SPLITS, DataError, bundled_dir, download
+from tosguard.components import storage
+from tosguard.components.download import SPLITS, DataError, bundled_dir, download
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from components import storage
-from components.modeling import length_sorted_batches
-from components.storage import fetch_folder
+from tosguard.components import storage
+from tosguard.components.modeling import length_sorted_batches
+from tosguard.components.storage import fetch_folder
 from tests.servers import FaultyProxy
 
 
@@ -111,7 +111,7 @@ def test_a_transfer_that_never_verifies_fails_clearly(moto, tmp_path, monkeypatc
 def test_predictor_loads_a_model_from_an_s3_model_store(s3_env, trained_model_dir, tmp_path):
     import boto3
 
-    from components.predictor import UnfairClauseModel
+    from tosguard.components.serving.model import UnfairClauseModel
 
     s3 = boto3.client("s3")
     for path in trained_model_dir.rglob("*"):

@@ -7,8 +7,8 @@ import json
 import pytest
 import requests
 
-from components import storage
-from pipelines.cli import main
+from tosguard.components import storage
+from tosguard.pipelines.cli import main
 from tests.conftest import free_port
 from tests.servers import FaultyProxy, MlflowServer
 
@@ -119,15 +119,15 @@ def test_mlflow_outage_fails_train_clearly_with_the_model_safe_and_the_rerun_reu
 ):
     from mlflow import MlflowClient
 
-    from components.config import TrainConfig
-    from components.jobs import train_job
-    from components.store import find_model, model_uri, model_version
-    from components.tracking import MlflowUnavailable, open_pipeline_run
+    from tosguard.components.config import TrainConfig
+    from tosguard.components.train.step import run_step as train_job
+    from tosguard.components.store import find_model, model_uri, model_version
+    from tosguard.components.tracking import MlflowUnavailable, open_pipeline_run
 
     moto, tracking = cluster_like
     store = f"s3://{BUCKET}/outage"
     data_hash = json.loads((raw_dir / "manifest.json").read_text())["data_hash"]
-    config = TrainConfig(epochs=1, max_steps=6, batch_size=16, checkpoint_every=0).to_json()
+    config = TrainConfig(method="lora", epochs=1, max_steps=6, batch_size=16, checkpoint_every=0).to_json()
     uri = model_uri(store, model_version(data_hash, config))
 
     # MLflow goes away after the run was opened: nothing listens on its port any more.

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipelines.cli import main
+from tosguard.pipelines.cli import main
 
 
 def _specs(body):
@@ -85,8 +85,13 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsy
     (run,) = kfp_api.posted("/apis/v2beta1/runs")
     assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
     # --no-cache also stops train from reusing a stored model: a fresh run retrains.
-    assert run["runtime_config"]["parameters"] == {"epochs": 2, "learning_rate": 0.0003, "deploy": False,
-                                                   "method": "qlora", "reuse_stored_model": False}
+    params = run["runtime_config"]["parameters"]
+    assert {k: params[k] for k in ("deploy", "reuse_stored_model")} == {"deploy": False, "reuse_stored_model": False}
+    # Training settings travel in the one `train` block: the default preset with the changes.
+    from tosguard.components.config import PRESETS
+
+    expected = {**PRESETS["default"].to_dict(), "epochs": 2, "learning_rate": 0.0003, "method": "qlora"}
+    assert params["train"] == expected and set(params) == {"deploy", "reuse_stored_model", "train"}
     spec, _ = _specs(run)
     assert spec["pipelineInfo"]["name"] == "tosguard"
     # --no-cache: caching is off for every task in the submitted spec.
@@ -103,7 +108,9 @@ def test_schedule_creates_a_recurring_run_that_never_overlaps(kfp_api, capsys):
     assert job["max_concurrency"] == "1" or job["max_concurrency"] == 1
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"
     assert job["experiment_id"] == "exp-1" and job["no_catchup"] is True
-    assert job["runtime_config"]["parameters"] == {"epochs": 4}
+    from tosguard.components.config import PRESETS
+
+    assert job["runtime_config"]["parameters"] == {"train": {**PRESETS["default"].to_dict(), "epochs": 4}}
     spec, platform = _specs(job)
     assert spec["pipelineInfo"]["name"] == "tosguard"
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
@@ -114,5 +121,9 @@ def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
     assert main(["schedule", "--host", kfp_api.url, "--cron", "0 3 * * 1"]) == 2
     assert "6 fields" in capsys.readouterr().err
     assert main(["submit", "--host", kfp_api.url, "--param", "epochs=four"]) == 2
-    assert "expected a" in capsys.readouterr().err
+    assert "training setting epochs: expected int" in capsys.readouterr().err
+    assert main(["submit", "--host", kfp_api.url, "--param", "epoch=4"]) == 2
+    assert "not a pipeline parameter or training setting" in capsys.readouterr().err
+    assert main(["submit", "--host", kfp_api.url, "--preset", "quick", "--param", "train={\"lora_r\": 0}"]) == 2
+    assert "lora_r must be >= 1" in capsys.readouterr().err
     assert not kfp_api.posted("/apis/v2beta1/runs")

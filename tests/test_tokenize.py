@@ -1,7 +1,7 @@
 """Tokenize step: fast tokenizer, batched, truncation, no padding stored."""
 from datasets import load_from_disk
 
-from components.labels import NUM_CATEGORIES
+from tosguard.components.labels import NUM_CATEGORIES
 
 
 def test_tokenized_splits_have_no_padding_and_multi_hot_labels(tokenized_dir, raw_dir):

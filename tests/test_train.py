@@ -6,11 +6,11 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from components.config import TrainConfig, preset
-from components.modeling import (
+from tosguard.components.config import TrainConfig, preset
+from tosguard.components.modeling import (
     ClauseClassifier, build_classifier, load_exported, lora_targets, pad_batch, resolve_base_model, score_encoded,
 )
-from components.train import length_grouped_batches
+from tosguard.components.train.loop import length_grouped_batches
 
 
 def test_length_grouped_batches_cover_every_row_once_and_group_lengths():
@@ -92,7 +92,7 @@ def test_trained_export_loads_without_peft_and_matches_the_adapter(trained_model
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
     # The same head over base + adapter (peft) must give the merged model's scores.
-    from components.modeling import load_encoder
+    from tosguard.components.modeling import load_encoder
 
     adapter_encoder = PeftModel.from_pretrained(
         load_encoder(resolve_base_model("all-MiniLM-L6-v2")), str(trained_model_dir / "adapter")
@@ -115,15 +115,16 @@ def test_full_fine_tuning_trains_encoder_and_head(method, tokenized_dir):
 
 _CHILD = """
 import sys, time
-import components.train as t
-from components.config import TrainConfig
-original = t._save_checkpoint
-def save_then_stall(path, state):
-    original(path, state)
-    if state["step"] == 8:
+import tosguard.components.train.checkpoint as c
+import tosguard.components.train.loop as t
+from tosguard.components.config import TrainConfig
+original = c.save
+def save_then_stall(path, model, optimizer, scheduler, progress):
+    original(path, model, optimizer, scheduler, progress)
+    if progress["step"] == 8:
         print("SAVED 8", flush=True)
         time.sleep(120)  # the parent kills us here, mid-epoch
-t._save_checkpoint = save_then_stall
+c.save = save_then_stall
 config = TrainConfig.from_json(sys.argv[1])
 t.train(sys.argv[2], config, sys.argv[3], checkpoint_dir=sys.argv[4])
 print("FINISHED", flush=True)
@@ -135,9 +136,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tokenized_dir, tmp_p
     import subprocess
     import sys
 
-    from components.train import train
+    from tosguard.components.train.loop import train
 
-    config = TrainConfig(epochs=1, max_steps=16, batch_size=8, checkpoint_every=4, validation_subset=32, seed=7)
+    config = TrainConfig(method="lora", epochs=1, max_steps=16, batch_size=8, checkpoint_every=4, validation_subset=32, seed=7)
     ckpt = tmp_path / "ckpt"
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, config.to_json(), str(tokenized_dir), str(tmp_path / "killed"), str(ckpt)],
@@ -170,7 +171,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tokenized_dir, tmp_p
 
 def test_gradient_checkpointing_gives_the_same_gradients(tokenized_dir):
     """Recomputing activations must not change what LoRA learns (non-reentrant checkpointing)."""
-    from components.modeling import build_classifier
+    from tosguard.components.modeling import build_classifier
 
     data = load_from_disk(str(tokenized_dir))["train"].select(range(8))
     ids, mask = pad_batch(data["input_ids"], 0)
@@ -191,10 +192,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenized_dir):
 def test_data_parallel_training_under_torchrun_on_cpu(tokenized_dir, tmp_path):
     """Two gloo workers (as two GPUs would be in a cluster): each takes half of every epoch's
     batches, rank 0 validates, exports and reports."""
-    from components.modeling import load_exported
-    from components.train import train_data_parallel
+    from tosguard.components.modeling import load_exported
+    from tosguard.components.train.launch import train_data_parallel
 
-    config = TrainConfig(epochs=2, max_steps=6, batch_size=16, checkpoint_every=0, validation_subset=64)
+    config = TrainConfig(method="lora", epochs=2, max_steps=6, batch_size=16, checkpoint_every=0, validation_subset=64)
     summary = train_data_parallel(str(tokenized_dir), config, str(tmp_path / "ddp"), processes=2,
                                   checkpoint_dir=str(tmp_path / "ckpt"))
     assert summary["world_size"] == 2 and summary["steps"] == 6

@@ -1,0 +1,95 @@
+"""Scoring with an exported model: clauses in, per-category sigmoid scores, the categories
+that pass the thresholds shipped with the model, and whole-document analysis.
+
+Multi-label: a category is found when its score exceeds that category's threshold; never
+softmax/argmax. Clauses are scored in length-sorted batches capped by padded tokens, in
+bf16 on CPUs with bf16 matrix instructions.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from tosguard.components.modeling import load_exported, score_encoded
+from tosguard.components.serving.split import split_sentences
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = int(os.environ.get("TOSGUARD_BATCH_SIZE", 64))
+# Padded tokens per forward pass: long clauses go in small batches (measured here: 1,024
+# served random 64-clause requests 2.4x faster than fixed batches of 64).
+BATCH_TOKENS = int(os.environ.get("TOSGUARD_BATCH_TOKENS", 1024))
+
+
+def _bf16_matmul_is_native() -> bool:
+    """True when this CPU has bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class ClauseScorer:
+    """An exported tosguard model folder, ready to score clauses and documents."""
+
+    def __init__(self, model_dir: str, precision: str | None = None):
+        """precision: auto (bf16 where the CPU has bf16 instructions), bf16 or fp32;
+        default from TOSGUARD_SERVE_PRECISION."""
+        self.model_dir = model_dir
+        self.precision = precision or os.environ.get("TOSGUARD_SERVE_PRECISION", "auto")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32 (got {self.precision!r})")
+        self.classifier, self.tokenizer, self.card = load_exported(model_dir)
+        self.categories = list(self.card["categories"])
+        self.thresholds = np.asarray(self.card["thresholds"], dtype=np.float32)
+        self.max_length = int(self.card.get("max_length", 128))
+        use_bf16 = self.precision == "bf16" or (
+            self.precision == "auto" and not torch.cuda.is_available() and _bf16_matmul_is_native()
+        )
+        self.dtype = torch.bfloat16 if use_bf16 else torch.float32
+
+    def raw_scores(self, clauses: list[str]) -> np.ndarray:
+        """(clauses, categories + 1): sigmoid scores, and a last column flagging truncation."""
+        encoded = self.tokenizer(clauses, truncation=True, max_length=self.max_length, padding=False)
+        ids = encoded["input_ids"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            scores = score_encoded(self.classifier, ids, self.tokenizer.pad_token_id, BATCH_SIZE, BATCH_TOKENS)
+        truncated = np.asarray([len(row) >= self.max_length for row in ids], dtype=np.float32)[:, None]
+        return np.concatenate([scores.astype(np.float32), truncated], axis=1)
+
+    def results(self, raw: np.ndarray) -> list[dict]:
+        """raw_scores rows -> {unfair, categories, scores, truncated} per clause."""
+        out = []
+        for row in raw:
+            scores, truncated = row[:-1], bool(row[-1])
+            found = [c for c, s, t in zip(self.categories, scores, self.thresholds) if s > t]
+            out.append({
+                "unfair": bool(found),
+                "categories": found,
+                "scores": {c: round(float(s), 6) for c, s in zip(self.categories, scores)},
+                "truncated": truncated,
+            })
+        return out
+
+    def score(self, clauses: list[str]) -> list[dict]:
+        """Per clause: `unfair`, the `categories` found, a score per category, `truncated`."""
+        if isinstance(clauses, str):
+            raise TypeError("score() takes a list of clauses; use analyze() for a whole document")
+        return self.results(self.raw_scores(list(clauses))) if clauses else []
+
+    def analyze(self, document: str) -> dict:
+        """A whole ToS text -> {sentences, unfair, flagged: [{clause, start, end, ...}]}."""
+        spans = split_sentences(document)
+        clauses = [document[s:e] for s, e in spans]
+        return document_report(document, spans, self.score(clauses))
+
+
+def document_report(document: str, spans: list[tuple[int, int]], results: list[dict]) -> dict:
+    """The document answer: how many sentences, and the flagged ones with their offsets."""
+    flagged = [{"clause": document[s:e], "start": s, "end": e, **r} for (s, e), r in zip(spans, results) if r["unfair"]]
+    return {"sentences": len(spans), "flagged": flagged, "unfair": bool(flagged)}

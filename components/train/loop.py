@@ -1,0 +1,303 @@
+"""The training loop: LoRA / 4-bit NF4 QLoRA / full fine-tuning of the clause classifier.
+
+Dynamic padding per batch over length-grouped batches, a head started at the label
+prior, validation LexGLUE macro-F1 after each epoch with early stopping, and the best
+epoch's weights restored before export. Checkpoints (checkpoint.py) make a killed run
+resumable; under torchrun (launch.py) each worker trains on its share of every epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tosguard.components.config import TrainConfig
+from tosguard.components.labels import CATEGORIES
+from tosguard.components.metrics import lexglue_scores, predict_from_probabilities
+from tosguard.components.modeling import build_classifier, export, pad_batch, resolve_base_model, score_encoded
+from tosguard.components.train import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator, group: int = 50):
+    """Shuffle, then sort by length inside windows of `group` batches, then shuffle batches.
+
+    Rows of similar length share a batch, so dynamic padding adds few pad tokens, while
+    the window keeps the epoch's order random.
+    """
+    order = rng.permutation(len(lengths))
+    window = batch_size * group
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort([-lengths[i] for i in chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when torchrun started us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _subset(ds, n: int, seed: int):
+    if n and n < len(ds):
+        return ds.shuffle(seed=seed).select(range(n))
+    return ds
+
+
+@dataclass
+class Progress:
+    """Where the loop stands; what a checkpoint saves besides the weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 1
+    batch: int = 0  # batches of `epoch` already done
+    epoch_rng_state: dict | None = None  # the batch-order RNG at the start of `epoch`
+    running: float = 0.0  # summed loss over `seen` batches of this epoch
+    seen: int = 0
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"macro_f1": -1.0, "epoch": 0, "state": None})
+    stale: int = 0  # epochs since validation macro-F1 last improved
+
+
+@dataclass
+class Setup:
+    """Everything one training run works with, built in a fixed order so a seed reproduces."""
+
+    config: TrainConfig
+    base_path: str
+    device: torch.device
+    compute_dtype: torch.dtype
+    rank: int
+    world: int
+    train_ds: object
+    val_ds: object
+    tokenizer: object
+    labels: np.ndarray
+    model: torch.nn.Module
+    forward: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    clipped: list
+    total_steps: int
+    log_every: int
+
+
+def _set_up(tokenized_dir: str, config: TrainConfig) -> Setup:
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    seed_everything(config.seed)
+    base_path = resolve_base_model(config.base_model)
+    cuda = torch.cuda.is_available()
+    # Data-parallel under torchrun: one process per GPU (gloo on CPU), each on its share of
+    # every epoch's batches; gradients are averaged by DistributedDataParallel.
+    rank, world, local_rank = distributed()
+    if cuda and world > 1:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    compute_dtype = torch.bfloat16 if cuda else torch.float32
+
+    data = load_from_disk(tokenized_dir)
+    train_ds = _subset(data["train"], config.train_subset, config.seed)
+    val_ds = _subset(data["validation"], config.validation_subset, config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(tokenized_dir) / "tokenizer"))
+
+    model = build_classifier(
+        base_path, config.method, config.lora_r, config.lora_alpha, config.lora_dropout, config.target_list(),
+        compute_dtype, config.gradient_checkpointing,
+    )
+    labels = np.asarray(train_ds["label_vector"], dtype=np.float32)
+    model.init_bias_to_prior(labels.mean(axis=0))
+    if config.method != "qlora":  # 4-bit weights are placed on load
+        model.to(device)
+    else:
+        model.classifier.to(device)
+
+    head_params = list(model.classifier.parameters())
+    head_ids = {id(p) for p in head_params}
+    encoder_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder_params, "lr": config.learning_rate}, {"params": head_params, "lr": config.head_learning_rate}],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size) // world
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    forward = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+    return Setup(
+        config=config, base_path=base_path, device=device, compute_dtype=compute_dtype, rank=rank, world=world,
+        train_ds=train_ds, val_ds=val_ds, tokenizer=tokenizer, labels=labels, model=model, forward=forward,
+        optimizer=optimizer, scheduler=scheduler, clipped=encoder_params + head_params, total_steps=total_steps,
+        # Log at least ~20 points of the loss curve, even for short runs.
+        log_every=max(1, min(config.log_every, total_steps // 20)),
+    )
+
+
+def _validate(s: Setup) -> dict:
+    scores = score_encoded(s.model, s.val_ds["input_ids"], s.tokenizer.pad_token_id)
+    gold = np.asarray(s.val_ds["label_vector"], dtype=np.int64)
+    return lexglue_scores(gold, predict_from_probabilities(scores, [s.config.threshold] * len(CATEGORIES)))
+
+
+def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool, ckpt_path: Path, mlflow, bar) -> None:
+    """One epoch (or its rest after a resume) of optimizer steps; checkpoints on the way."""
+    config = s.config
+    skip = p.batch if resuming else 0  # batches this epoch did before the kill
+    if resuming:
+        rng.bit_generator.state = p.epoch_rng_state  # the same batch order as before the kill
+    else:
+        p.running, p.seen = 0.0, 0
+    p.epoch_rng_state = rng.bit_generator.state
+    s.model.train()
+    batches = length_grouped_batches(list(s.train_ds["length"]), config.batch_size, rng)
+    if s.world > 1:  # every rank draws the same order, then takes its share
+        batches = batches[: len(batches) // s.world * s.world][s.rank :: s.world]
+    ids_column, pad_id = s.train_ds["input_ids"], s.tokenizer.pad_token_id
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for index, batch in enumerate(batches):
+        if index < skip:
+            continue
+        ids, mask = pad_batch([ids_column[i] for i in batch], pad_id)
+        target = torch.from_numpy(s.labels[batch]).to(s.device)
+        with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=s.device.type == "cuda"):
+            logits = s.forward(ids.to(s.device), mask.to(s.device))
+        loss = loss_fn(logits.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(s.clipped, 1.0)
+        s.optimizer.step()
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        p.step += 1
+        p.running += loss.item()
+        p.seen += 1
+        bar.update(1)
+        bar.set_postfix(epoch=p.epoch, loss=f"{p.running / p.seen:.4f}")
+        if mlflow and p.step % s.log_every == 0:
+            mlflow.log_metric("train_loss", p.running / p.seen, step=p.step)
+        if config.checkpoint_every and p.step % config.checkpoint_every == 0 and p.step < s.total_steps and s.rank == 0:
+            p.batch = index + 1
+            checkpoint.save(ckpt_path, s.model, s.optimizer, s.scheduler, vars(p))
+        if p.step >= s.total_steps:
+            break
+
+
+def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
+    """Validate, keep the best epoch's weights; True when training should stop."""
+    val = _validate(s)
+    record = {"epoch": p.epoch, "step": p.step, "train_loss": p.running / max(p.seen, 1),
+              "val_micro_f1": val["micro_f1"], "val_macro_f1": val["macro_f1"]}
+    p.history.append(record)
+    log.info("epoch %d: train loss %.4f, validation micro/macro-F1 %.1f/%.1f",
+             p.epoch, record["train_loss"], val["micro_f1"], val["macro_f1"])
+    if mlflow:
+        mlflow.log_metrics({"val_micro_f1": val["micro_f1"], "val_macro_f1": val["macro_f1"],
+                            "epoch_train_loss": record["train_loss"]}, step=p.step)
+    if val["macro_f1"] > p.best["macro_f1"]:
+        p.best = {"macro_f1": val["macro_f1"], "epoch": p.epoch, "state": checkpoint.trainable_state(s.model)}
+        p.stale = 0
+    else:
+        p.stale += 1
+    return p.step >= s.total_steps or bool(s.config.patience and p.stale >= s.config.patience)
+
+
+def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None) -> dict:
+    """Train, pick the best validation epoch, export to output_dir. Returns a summary.
+
+    config: a concrete method (not `auto`; see TrainConfig.resolved).
+    mlflow: a tracking.RunLogger (live curves) or None.
+    checkpoint_dir: where to keep the resumable checkpoint (default: keyed by config and
+    data under the tosguard home). A run finding a checkpoint there continues from it.
+    """
+    from tqdm.auto import tqdm
+
+    config = config.validate()
+    if config.method == "auto":
+        raise ValueError("train needs a concrete method: resolve `auto` with TrainConfig.resolved() first")
+    s = _set_up(tokenized_dir, config)
+    trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in s.model.parameters())
+    log.info("train: %s on %s, %d rows, %d steps, trainable %d of %d parameters, device %s%s",
+             config.method, config.base_model, len(s.train_ds), s.total_steps, trainable, total, s.device,
+             f", rank {s.rank} of {s.world}" if s.world > 1 else "")
+
+    rng = np.random.default_rng(config.seed)
+    lengths = list(s.train_ds["length"])
+    fingerprint = f"{len(s.train_ds)}:{sum(lengths)}:{s.labels.sum():.0f}:{Path(tokenized_dir).name}"
+    ckpt_path = checkpoint.checkpoint_path(config, fingerprint, checkpoint_dir)
+    saved = checkpoint.restore(ckpt_path, s.model, s.optimizer, s.scheduler) if config.checkpoint_every else None
+    p = Progress(**saved) if saved else Progress()
+    resumed_from = p.step
+    if mlflow:
+        mlflow.log_params({"train.trainable_parameters": trainable, "train.total_parameters": total})
+        if resumed_from:
+            mlflow.set_tag("train.resumed_from_step", resumed_from)
+
+    started = time.time()
+    bar = tqdm(total=s.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
+               disable=s.rank != 0)
+    first_epoch = p.epoch
+    for epoch in range(first_epoch, config.epochs + 1):
+        if p.step >= s.total_steps:
+            break
+        p.epoch = epoch
+        _train_epoch(s, p, rng, bool(resumed_from) and epoch == first_epoch, ckpt_path, mlflow, bar)
+        if _end_of_epoch(s, p, mlflow):
+            break
+    bar.close()
+    train_seconds = time.time() - started
+
+    checkpoint.load_trainable(s.model, p.best["state"])  # the best validation epoch
+    card = {
+        "categories": list(CATEGORIES), "thresholds": [config.threshold] * len(CATEGORIES),
+        "base_model": config.base_model, "method": config.method, "max_length": config.max_length,
+        "pooling": "mean", "best_epoch": p.best["epoch"], "val_macro_f1": p.best["macro_f1"],
+    }
+    if config.method != "qlora":
+        s.model.cpu()
+    if s.rank == 0:
+        export(s.model, s.base_path, config.method, s.tokenizer, output_dir, card)
+        ckpt_path.unlink(missing_ok=True)  # finished and exported: the checkpoint has done its job
+    if s.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if mlflow:
+        mlflow.log_metrics({"best_val_macro_f1": p.best["macro_f1"], "best_epoch": p.best["epoch"],
+                            "train_seconds": train_seconds})
+    log.info("train: best epoch %d (validation macro-F1 %.1f) in %.0f s", p.best["epoch"], p.best["macro_f1"],
+             train_seconds)
+    return {
+        "best_epoch": p.best["epoch"], "best_val_macro_f1": p.best["macro_f1"], "steps": p.step,
+        "resumed_from_step": resumed_from, "train_seconds": train_seconds, "history": p.history,
+        "trainable_parameters": trainable, "world_size": s.world,
+    }

@@ -1,0 +1,77 @@
+"""The train step: reuse the complete model the store holds for this data and config, or
+train one (in this process, or data-parallel under torchrun), keep it in the store, and
+record it in MLflow.
+
+The model reaches the store before MLflow is asked for anything it must accept, so an
+MLflow outage fails the step with the model already safe; the re-run finds it there.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from tosguard.components import storage
+from tosguard.components.config import ADAPTER_DIR, CARD_FILE, COMPLETE_MARK, TrainConfig
+from tosguard.components.store import code_version, find_model, model_uri, model_version, save_model
+from tosguard.components.tracking import pipeline_run
+
+log = logging.getLogger(__name__)
+
+
+def _log_curves(mlflow, summary: dict) -> None:
+    """Per-epoch validation metrics of a training that did not log live (reused, or torchrun workers)."""
+    for record in summary["history"]:
+        mlflow.log_metrics({"val_micro_f1": record["val_micro_f1"], "val_macro_f1": record["val_macro_f1"],
+                            "epoch_train_loss": record["train_loss"]}, step=record["step"])
+    mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"]})
+
+
+def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_id: str, output_dir: str,
+             store: str = "", source: str = "", gpus: int = 1, reuse: bool = True) -> dict:
+    """Train (or reuse) and store the model; returns the summary with `model_uri` and `reused`.
+
+    train_config: the validated settings (JSON) open-run handed on; `auto` resolves here.
+    reuse=False trains afresh even when the store holds this model (a forced fresh run).
+    """
+    import torch
+
+    from tosguard.components.train.launch import train_data_parallel
+    from tosguard.components.train.loop import train
+
+    config = TrainConfig.from_json(train_config).resolved(cuda=torch.cuda.is_available())
+    started = time.time()
+    version = model_version(data_hash, config.to_json())
+    uri = model_uri(store, version)
+    with pipeline_run(mlflow_run_id, safe=f"The trained model is safe in the store at {uri}.") as mlflow:
+        summary = find_model(uri) if reuse else None
+        if summary:
+            log.info("train: the store already holds a complete model for this data and config at %s; reusing it",
+                     uri)
+            storage.download_folder(uri, output_dir)
+            _log_curves(mlflow, summary)
+            reused = True
+        else:
+            if gpus > 1:  # workers run under torchrun; their curves are recorded once they finish
+                summary = train_data_parallel(tokenized_dir, config, output_dir, gpus)
+                _log_curves(mlflow, summary)
+            else:
+                summary = train(tokenized_dir, config, output_dir, mlflow=mlflow)
+            summary.update({
+                "version": version, "data_hash": data_hash, "base_model": config.base_model, "method": config.method,
+                "source": source, "code_version": code_version(), "mlflow_run_id": mlflow_run_id,
+                "config": config.to_dict(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+            stored = save_model(output_dir, uri, summary)
+            (Path(output_dir) / COMPLETE_MARK).write_text(json.dumps(summary, indent=2, default=str))
+            log.info("train: model stored at %s (%d files, %.1f MiB)", uri, stored["files"], stored["bytes"] / 2**20)
+            reused = False
+        mlflow.set_tags({"model_uri": uri, "model_store_version": version, "train.reused": reused,
+                         "train.method_used": config.method})
+        if (Path(output_dir) / ADAPTER_DIR).is_dir():  # LoRA and QLoRA; full fine-tuning has none
+            mlflow.log_artifacts(str(Path(output_dir) / ADAPTER_DIR), "model/adapter")
+        mlflow.log_artifact(str(Path(output_dir) / CARD_FILE), "model")
+        mlflow.log_dict(summary, "model/train_summary.json")
+        mlflow.log_metric("step_seconds.train", time.time() - started)
+    return {**summary, "model_uri": uri, "reused": reused}
