@@ -13,6 +13,7 @@ COPY constraints.txt pyproject.toml README.md ./
 COPY scripts/setup.sh ./scripts/setup.sh
 COPY components ./components
 COPY pipelines ./pipelines
+COPY tosguard ./tosguard
 ARG CODE_VERSION=unknown
 RUN TOSGUARD_VENV=none TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh main
 

@@ -5,4 +5,4 @@ ARG BASE=ghcr.io/tosguard/tosguard-base:0.1.0
 FROM ${BASE}
 
 EXPOSE 8080
-ENTRYPOINT ["python", "-m", "components.predictor", "--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"]
+ENTRYPOINT ["python", "-m", "tosguard.components.serving", "--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"]

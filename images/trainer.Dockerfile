@@ -12,6 +12,7 @@ COPY constraints.txt pyproject.toml README.md ./
 COPY scripts/setup.sh ./scripts/setup.sh
 COPY components ./components
 COPY pipelines ./pipelines
+COPY tosguard ./tosguard
 ARG CODE_VERSION=unknown
 RUN TOSGUARD_VENV=none TOSGUARD_TORCH=keep bash scripts/setup.sh main
 

@@ -172,7 +172,7 @@ def _plain(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tosguard", description="Find unfair clauses in Terms of Service (LexGLUE UNFAIR-ToS, KFP, KServe)."
+        prog=NAME, description="Find unfair clauses in Terms of Service (LexGLUE UNFAIR-ToS, KFP, KServe)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     def kfp_options(p):
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")
         p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
-        p.add_argument("--experiment", default="tosguard", help="experiment name (created if missing)")
+        p.add_argument("--experiment", default=NAME, help="experiment name (created if missing)")
         p.add_argument("--preset", choices=list(PRESETS),
                        help="training preset the run's training block starts from (default: the compiled one)")
         p.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     subm = sub.add_parser("submit", help="submit one pipeline run to Kubeflow Pipelines",
                           description="Compile the pipeline and submit a run through the KFP API.")
     kfp_options(subm)
-    subm.add_argument("--run-name", default="tosguard", help="run name shown in the Kubeflow UI")
+    subm.add_argument("--run-name", default=NAME, help="run name shown in the Kubeflow UI")
     subm.set_defaults(func=_cmd_submit)
 
     sched = sub.add_parser("schedule", help="schedule recurring retraining on Kubeflow Pipelines",

@@ -91,3 +91,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _only_the_tosguard_package():
+    """The code is `tosguard.*`: a test that imports or patches a bare `components.x` or
+    `pipelines.x` (the repository folders on sys.path) would act on a second copy."""
+    import sys
+
+    yield
+    stray = [name for name in ("components", "pipelines") if name in sys.modules]
+    assert not stray, f"imported the bare package(s) {stray}; use tosguard.{stray[0]}"

@@ -67,7 +67,7 @@ def test_an_altered_bundled_file_fails_its_checksum(tmp_path, monkeypatch):
     shutil.copytree(bundled_dir(), fake)
     test_file = fake / "test.jsonl"
     test_file.write_text(test_file.read_text().replace("arbitration", "arbitratiom", 1))
-    monkeypatch.setattr("components.download.bundled_dir", lambda: fake)
+    monkeypatch.setattr("tosguard.components.download.bundled_dir", lambda: fake)
     with pytest.raises(DataError, match=r"test.jsonl: sha256 .* does not match"):
         download("bundled", str(tmp_path / "out"))
 

@@ -6,13 +6,12 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
-from kserve.errors import InvalidInput
 
 from tosguard.components.labels import CATEGORIES
 from tosguard.components.serving.app import build_app
 from tosguard.components.serving.model import UnfairClauseModel
 from tosguard.components.serving.split import split_sentences
-from tosguard.components.serving.validate import validate_instances
+from tosguard.components.serving.validate import RequestError, validate_v1
 
 V1 = "/v1/models/tosguard:predict"
 V2 = "/v2/models/tosguard/infer"
@@ -89,13 +88,13 @@ def test_sentence_split_keeps_offsets_and_abbreviations():
         ({"instances": ["ok", 3]}, "instances[1] must be a string"),
         ({"instances": ["  "]}, "instances[0] is empty"),
         ({"instances": ["a"] * 10_000}, "the limit is"),
-        (b"raw bytes", "Content-Type: application/json"),
         ([1, 2], "JSON object"),
+        ({"instances": ["fine", "bad \ud800 surrogate"]}, "instances[1] holds a lone surrogate"),
     ],
 )
 def test_bad_input_is_invalid_input_with_a_clear_message(payload, message):
-    with pytest.raises(InvalidInput) as err:
-        validate_instances(payload)
+    with pytest.raises(RequestError) as err:
+        validate_v1(payload)
     assert message in str(err.value)
 
 
@@ -133,7 +132,7 @@ def test_http_bad_requests_get_4xx_with_a_message(client):
         (V1, {"json": {"instances": [1]}}, 400),
         (V1, {"json": {"document": ""}}, 400),
         (V1, {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
-        (V1, {"content": b"instances=a", "headers": {"content-type": "text/plain"}}, 400),
+        (V1, {"content": b"instances=a", "headers": {"content-type": "text/plain"}}, 415),
         (V1, {"content": b"x" * 3_000_000, "headers": {"content-type": "application/json"}}, 413),
         (V2, {"json": {"inputs": [{"name": "clauses", "shape": [1], "datatype": "INT32", "data": [1]}]}}, 400),
         ("/v1/models/nope:predict", {"json": {"instances": ["a"]}}, 404),
@@ -150,10 +149,10 @@ def test_concurrent_requests_share_scoring_passes(model):
     async def fire():
         transport = httpx.ASGITransport(app=build_app(model))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            before = model._batcher.passes
+            before = model.batcher.passes
             clauses = [f"we may terminate account number {i} at any time ." for i in range(24)]
             responses = await asyncio.gather(*(http.post(V1, json={"instances": [c]}) for c in clauses))
-            return clauses, responses, model._batcher.passes - before
+            return clauses, responses, model.batcher.passes - before
 
     clauses, responses, passes = asyncio.run(fire())
     assert all(r.status_code == 200 for r in responses)

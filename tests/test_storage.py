@@ -76,7 +76,7 @@ def test_injected_s3_errors_are_retried_and_corrupt_downloads_caught(moto, tmp_p
         monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * storage.MIB)
         src = _tree(tmp_path / "src", {"w.bin": 11 * storage.MIB, "c.json": 2000, "d/e.txt": 10})
         storage.upload_folder(src, "s3://tosguard/faulty")
-        with caplog.at_level("WARNING", logger="components.storage"):
+        with caplog.at_level("WARNING", logger="tosguard.components.storage"):
             storage.download_folder("s3://tosguard/faulty", tmp_path / "dst")
         assert proxy.failed >= 3 and proxy.corrupted == 2
         # The corruption was caught (by botocore's CRC32 or our sha256 check) and retried.

@@ -7,14 +7,16 @@
   outputs ``scores`` (FP32, clauses x categories), ``unfair`` (BOOL) and ``categories``
   (BYTES, a JSON list per clause). Metadata at ``GET /v2/models/tosguard``.
 
-Bad input raises InvalidInput (HTTP 400). Clauses of concurrent requests share scoring
-passes through the batcher.
+The HTTP app (app.py) validates requests (validate.py) and calls `score_clauses`,
+`analyze` and `infer_v2`; `predict` keeps the `kserve.Model` entry point working for
+KServe's own ModelServer. Clauses of concurrent requests share scoring passes.
 """
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
+import struct
 import uuid
 
 import kserve
@@ -25,12 +27,13 @@ from tosguard.components.serving.batcher import Batcher
 from tosguard.components.serving.scorer import BATCH_SIZE, ClauseScorer, document_report
 from tosguard.components.serving.split import split_sentences
 from tosguard.components.serving.validate import (
-    MAX_INSTANCES, v2_clauses, validate_document, validate_instances,
+    MAX_DOCUMENT_CLAUSES, MAX_INSTANCES, OUTPUT_NAMES, RequestError, V2Request, check_clauses, validate_v1,
 )
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
-BATCH_WINDOW_MS = float(os.environ.get("TOSGUARD_BATCH_WINDOW_MS", "2"))
+BATCH_WINDOW_MS = float(os.environ.get("TOSGUARD_BATCH_WINDOW_MS", "0"))
+MAX_QUEUED_CLAUSES = int(os.environ.get("TOSGUARD_MAX_QUEUED_CLAUSES", 8192))
 
 
 class UnfairClauseModel(kserve.Model):
@@ -39,13 +42,17 @@ class UnfairClauseModel(kserve.Model):
         self.model_dir = model_dir
         self.precision = precision
         self.ready = False
+        self.on_pass = None  # telemetry hooks, set by the app
+        self.on_results = None
 
     def load(self) -> bool:
         from tosguard.components.storage import fetch_folder
 
         self.scorer = ClauseScorer(str(fetch_folder(self.model_dir)), self.precision)
         self.categories = self.scorer.categories
-        self._batcher = Batcher(self.scorer.raw_scores, BATCH_WINDOW_MS, max(BATCH_SIZE, MAX_INSTANCES))
+        self.batcher = Batcher(self.scorer.raw_scores, BATCH_WINDOW_MS, max(BATCH_SIZE, MAX_INSTANCES),
+                               MAX_QUEUED_CLAUSES, on_pass=lambda n: self.on_pass and self.on_pass(n))
+        self.scorer.score(["warm-up clause ."])  # the first pass pays one-off set-up costs
         self.ready = True
         card = self.scorer.card
         log.info("loaded %s (%s, base %s, %s)", self.model_dir, card.get("method"), card.get("base_model"),
@@ -56,41 +63,100 @@ class UnfairClauseModel(kserve.Model):
         """Score clauses synchronously (in-process use, tests, benchmarks)."""
         return self.scorer.score(clauses)
 
+    # -- what the HTTP app calls ------------------------------------------------------------
+    async def score_clauses(self, clauses: list[str]) -> list[dict]:
+        results = self.scorer.results(await self.batcher.score(clauses))
+        if self.on_results:
+            self.on_results(results)
+        return results
+
+    async def analyze(self, document: str) -> dict:
+        """Split off the event loop, score in passes of at most MAX_INSTANCES clauses (other
+        requests' clauses interleave between them), report the flagged clauses."""
+        loop = asyncio.get_running_loop()
+        spans = await loop.run_in_executor(None, split_sentences, document)
+        if len(spans) > MAX_DOCUMENT_CLAUSES:
+            raise RequestError(f"the document splits into {len(spans)} clauses; the limit is {MAX_DOCUMENT_CLAUSES}")
+        clauses = [document[s:e] for s, e in spans]
+        results = []
+        for i in range(0, len(clauses), MAX_INSTANCES):
+            results += await self.score_clauses(clauses[i : i + MAX_INSTANCES])
+        return document_report(document, spans, results)
+
+    async def infer_v2(self, request: V2Request) -> tuple[dict, bytes]:
+        """-> (the V2 response JSON, binary data to append after it: empty unless asked for)."""
+        results = await self.score_clauses(request.clauses)
+        n = len(results)
+        tensors = {
+            "scores": ([n, len(self.categories)], "FP32", [r["scores"][c] for r in results for c in self.categories]),
+            "unfair": ([n], "BOOL", [r["unfair"] for r in results]),
+            "categories": ([n], "BYTES", [_json_list(r["categories"]) for r in results]),
+        }
+        outputs, binary = [], b""
+        for name in request.outputs or OUTPUT_NAMES:
+            shape, datatype, data = tensors[name]
+            output = {"name": name, "shape": shape, "datatype": datatype}
+            if name in request.binary_outputs:
+                raw = _binary(datatype, data)
+                output["parameters"] = {"binary_data_size": len(raw)}
+                binary += raw
+            else:
+                output["data"] = data
+            outputs.append(output)
+        return {"model_name": self.name, "id": request.id or str(uuid.uuid4()), "outputs": outputs}, binary
+
+    # -- KServe's entry point ----------------------------------------------------------------
     async def predict(self, payload, headers=None, response_headers=None):
-        from kserve import InferRequest
+        from kserve import InferOutput, InferRequest, InferResponse
 
         if isinstance(payload, InferRequest):
-            return await self._predict_v2(payload)
-        if isinstance(payload, dict) and "document" in payload:
-            document = validate_document(payload)
-            spans = split_sentences(document)
-            clauses = [document[s:e] for s, e in spans]
-            scored = np.concatenate([
-                await self._batcher.score(clauses[i : i + MAX_INSTANCES]) for i in range(0, len(clauses), MAX_INSTANCES)
-            ])
-            return {"document": document_report(document, spans, self.scorer.results(scored))}
-        clauses = validate_instances(payload)
-        return {"predictions": self.scorer.results(await self._batcher.score(clauses))}
+            if len(payload.inputs) != 1:
+                raise kserve.errors.InvalidInput("expected exactly one BYTES input of clauses")
+            raw = payload.inputs[0].data
+            data = [d.decode("utf-8", "replace") if isinstance(d, (bytes, bytearray)) else d for d in raw or []]
+            try:
+                clauses = check_clauses(data, payload.inputs[0].name)
+            except RequestError as exc:
+                raise kserve.errors.InvalidInput(str(exc)) from None
+            body, _ = await self.infer_v2(V2Request(payload.inputs[0].name, clauses, payload.id))
+            return InferResponse(model_name=self.name, response_id=body["id"], infer_outputs=[
+                InferOutput(o["name"], o["shape"], o["datatype"], data=o["data"]) for o in body["outputs"]])
+        try:
+            kind, value = validate_v1(payload)
+        except RequestError as exc:
+            raise kserve.errors.InvalidInput(str(exc)) from None
+        if kind == "document":
+            return {"document": await self.analyze(value)}
+        return {"predictions": await self.score_clauses(value)}
 
-    async def _predict_v2(self, request):
-        from kserve import InferOutput, InferResponse
+    def metadata(self) -> dict:
+        return {
+            "name": self.name, "versions": ["1"], "platform": "tosguard-pytorch",
+            "inputs": [{"name": "clauses", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "scores", "datatype": "FP32", "shape": [-1, len(self.categories)]},
+                {"name": "unfair", "datatype": "BOOL", "shape": [-1]},
+                {"name": "categories", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {"categories": self.categories, "thresholds": self.scorer.thresholds.tolist(),
+                           "base_model": self.scorer.card.get("base_model"), "method": self.scorer.card.get("method")},
+        }
 
-        results = self.scorer.results(await self._batcher.score(v2_clauses(request)))
-        n = len(results)
-        outputs = [
-            InferOutput("scores", [n, len(self.categories)], "FP32",
-                        data=[r["scores"][c] for r in results for c in self.categories]),
-            InferOutput("unfair", [n], "BOOL", data=[r["unfair"] for r in results]),
-            InferOutput("categories", [n], "BYTES", data=[json.dumps(r["categories"]) for r in results]),
-        ]
-        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=request.id or str(uuid.uuid4()))
 
-    def get_input_types(self):
-        return [{"name": "clauses", "datatype": "BYTES", "shape": [-1]}]
+def _json_list(items: list[str]) -> str:
+    import json
 
-    def get_output_types(self):
-        return [
-            {"name": "scores", "datatype": "FP32", "shape": [-1, len(getattr(self, "categories", [])) or 8]},
-            {"name": "unfair", "datatype": "BOOL", "shape": [-1]},
-            {"name": "categories", "datatype": "BYTES", "shape": [-1]},
-        ]
+    return json.dumps(items)
+
+
+def _binary(datatype: str, data: list) -> bytes:
+    """The V2 binary tensor layout of an output."""
+    if datatype == "FP32":
+        return np.asarray(data, dtype="<f4").tobytes()
+    if datatype == "BOOL":
+        return np.asarray(data, dtype=np.bool_).tobytes()
+    out = bytearray()
+    for item in data:
+        raw = item.encode("utf-8")
+        out += struct.pack("<I", len(raw)) + raw
+    return bytes(out)
