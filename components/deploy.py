@@ -154,21 +154,49 @@ RUNTIME_VERSION, RUNTIME_PLURAL = "v1alpha1", "servingruntimes"
 MODEL_FORMAT = NAME
 
 
-def build_serving_runtime(name: str, namespace: str, image: str) -> dict:
-    """The ServingRuntime that runs tosguard's serving image for models of format 'tosguard'."""
+PORT = 8080
+TOKEN_KEY = "token"  # the key of the bearer-token Secret (auth_secret)
+
+
+def _restricted_security_context():
+    """Pod Security "restricted": non-root, no privilege escalation, no capabilities,
+    read-only root filesystem, the runtime's default seccomp profile."""
+    from kubernetes import client as k8s
+
+    return k8s.V1SecurityContext(
+        run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False, read_only_root_filesystem=True,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]), seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def build_serving_runtime(name: str, namespace: str, image: str, auth_secret: str = "") -> dict:
+    """The ServingRuntime that runs tosguard's serving image for models of format 'tosguard'.
+
+    auth_secret: a Secret whose key `token` clients must send as a bearer token ("" for none).
+    """
     from kubernetes import client as k8s
     from kserve import V1alpha1ServingRuntime, V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
 
+    def probe(path: str, period: int, failures: int):
+        return k8s.V1Probe(http_get=k8s.V1HTTPGetAction(path=path, port=PORT), period_seconds=period,
+                           timeout_seconds=2, failure_threshold=failures)
+
+    env = [k8s.V1EnvVar(name="TOSGUARD_HOME", value="/tmp/tosguard"), k8s.V1EnvVar(name="HF_HOME", value="/tmp/hf")]
+    if auth_secret:
+        env.append(k8s.V1EnvVar(name="TOSGUARD_AUTH_TOKEN", value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(name=auth_secret, key=TOKEN_KEY))))
     container = k8s.V1Container(
         name="kserve-container",
         image=image,
-        args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", "8080"],
-        ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
-        readiness_probe=k8s.V1Probe(
-            http_get=k8s.V1HTTPGetAction(path=f"/v1/models/{NAME}", port=8080),
-            initial_delay_seconds=5, period_seconds=5,
-        ),
-        security_context=k8s.V1SecurityContext(run_as_non_root=True, allow_privilege_escalation=False),
+        args=["--model-dir", "/mnt/models", "--host", "0.0.0.0", "--http-port", str(PORT)],
+        ports=[k8s.V1ContainerPort(container_port=PORT, protocol="TCP")],
+        env=env,
+        # Loading takes a while: the startup probe allows 5 minutes before liveness counts.
+        startup_probe=probe("/v2/health/live", 5, 60),
+        liveness_probe=probe("/v2/health/live", 10, 3),
+        readiness_probe=probe("/v2/health/ready", 5, 2),
+        security_context=_restricted_security_context(),
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],  # the root filesystem is read-only
     )
     runtime = V1alpha1ServingRuntime(
         api_version=f"{KSERVE_GROUP}/{RUNTIME_VERSION}",
@@ -178,6 +206,7 @@ def build_serving_runtime(name: str, namespace: str, image: str) -> dict:
             supported_model_formats=[V1alpha1SupportedModelFormat(name=MODEL_FORMAT, version="1", auto_select=True)],
             protocol_versions=["v1", "v2"],
             containers=[container],
+            volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi"))],
         ),
     )
     return k8s.ApiClient().sanitize_for_serialization(runtime)
@@ -193,11 +222,18 @@ def build_inference_service(
     memory: str = "2Gi",
     cpu_limit: str = "2",
     memory_limit: str = "4Gi",
+    min_replicas: int = 1,
+    max_replicas: int = 3,
+    concurrency_target: int = 4,
+    expose: bool = False,
 ) -> dict:
     """The InferenceService, built with the kserve SDK models, as a JSON-ready dict.
 
     KServe's storage initializer fetches ``storageUri`` (credentials from the service
-    account's secret) into /mnt/models, where the runtime's predictor loads it.
+    account's secret) into /mnt/models, where the runtime's predictor loads it. Knative
+    scales the predictor between min and max replicas on in-flight requests (target
+    `concurrency_target` per replica; a replica takes at most twice that at once, the rest
+    queue in Knative's activator). Cluster-local unless `expose`.
     """
     from kubernetes import client as k8s
     from kserve import (
@@ -205,6 +241,9 @@ def build_inference_service(
         V1beta1PredictorSpec,
     )
 
+    if not 0 <= min_replicas <= max_replicas or max_replicas < 1 or concurrency_target < 1:
+        raise ValueError(f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1 and concurrency_target >= 1 "
+                         f"(got {min_replicas}, {max_replicas}, {concurrency_target})")
     model = V1beta1ModelSpec(
         name="kserve-container",
         model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version="1"),
@@ -214,12 +253,21 @@ def build_inference_service(
             requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu_limit, "memory": memory_limit}
         ),
     )
+    labels = {"app.kubernetes.io/part-of": NAME}
+    if not expose:
+        labels["networking.kserve.io/visibility"] = "cluster-local"
     isvc = V1beta1InferenceService(
         api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         kind="InferenceService",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": NAME}),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
         spec=V1beta1InferenceServiceSpec(
-            predictor=V1beta1PredictorSpec(service_account_name=service_account, model=model)
+            predictor=V1beta1PredictorSpec(
+                service_account_name=service_account, model=model, min_replicas=min_replicas,
+                max_replicas=max_replicas, scale_metric="concurrency", scale_target=concurrency_target,
+                container_concurrency=2 * concurrency_target,
+                security_context=k8s.V1PodSecurityContext(
+                    run_as_non_root=True, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+            )
         ),
     )
     return k8s.ApiClient().sanitize_for_serialization(isvc)
@@ -302,15 +350,19 @@ def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str) -> st
 
 
 def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
-                    serving_image: str, service_account: str, ready_timeout_s: int) -> str:
+                    serving_image: str, service_account: str, ready_timeout_s: int, min_replicas: int = 1,
+                    max_replicas: int = 3, concurrency_target: int = 4, expose: bool = False,
+                    auth_secret: str = "") -> str:
     """Cluster deploy: create or patch the InferenceService over the model store URI; returns its URL."""
     from tosguard.components.tracking import pipeline_run
 
     if not model_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
         raise ValueError(f"KServe cannot fetch {model_uri!r}: set the pipeline's store to s3://BUCKET/PREFIX")
     started = time.time()
-    runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image)
-    isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account)
+    runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image, auth_secret)
+    isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account,
+                                   min_replicas=min_replicas, max_replicas=max_replicas,
+                                   concurrency_target=concurrency_target, expose=expose)
     result = deploy_inference_service(isvc, runtime, timeout=ready_timeout_s)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}",

@@ -79,6 +79,11 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         serving_image: str = SERVING_IMAGE,
         service_account: str = f"{NAME}-predictor",
         ready_timeout_s: int = 900,
+        min_replicas: int = 1,
+        max_replicas: int = 3,
+        concurrency_target: int = 4,
+        expose: bool = False,
+        auth_secret: str = "",
     ):
         run = steps.open_run(run_name=run_name, source=source, train=train)
         run.set_display_name("Validate inputs, open MLflow run")
@@ -132,6 +137,8 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
                         model_uri=model_uri, model_version=model_version, mlflow_run_id=run_id,
                         service_name=service_name, namespace=namespace, serving_image=serving_image,
                         service_account=service_account, ready_timeout_s=ready_timeout_s,
+                        min_replicas=min_replicas, max_replicas=max_replicas, concurrency_target=concurrency_target,
+                        expose=expose, auth_secret=auth_secret,
                     ).set_display_name("Deploy InferenceService (KServe)")
                     _on_cluster(deploy_isvc, cluster, "500m", "1Gi", network_retries=3)
                     deploy_isvc.set_caching_options(False)

@@ -43,7 +43,7 @@ def test_inference_service_and_runtime_are_built_from_sdk_models():
     assert set(runtime["spec"]) <= set(V1alpha1ServingRuntimeSpec.attribute_map.values())
     (container,) = runtime["spec"]["containers"]
     assert container["image"] == "registry.example/tosguard-serving:1"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/tosguard"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert runtime["spec"]["supportedModelFormats"][0]["name"] == "tosguard"
 
 
