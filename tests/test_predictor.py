@@ -212,3 +212,26 @@ def test_a_thousand_malformed_requests_get_no_5xx_and_the_server_stays_healthy(c
     assert sum(400 <= s < 500 for s in statuses) > 900
     assert client.get("/v2/health/ready").status_code == 200
     assert client.post(V1, json={"instances": ["still serving ."]}).status_code == 200
+
+
+def test_a_bearer_token_guards_all_but_health(model):
+    guarded = TestClient(build_app(model, token="s3cret-token"))
+    assert guarded.get("/v2/health/ready").status_code == 200  # probes need no token
+    missing = guarded.post(V1, json={"instances": ["a clause ."]})
+    assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = guarded.post(V1, json={"instances": ["a clause ."]}, headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert guarded.get("/metrics").status_code == 401
+    ok = guarded.post(V1, json={"instances": ["a clause ."]}, headers={"authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
+def test_only_the_contract_is_routed(client):
+    for path in ("/docs", "/openapi.json", "/redoc", "/v2/repository/index", "/v1/models/tosguard:explain"):
+        assert client.get(path).status_code == 404, path
+    for path in ("/v2/repository/models/tosguard/unload", "/v2/repository/models/tosguard/load"):
+        assert client.post(path, json={}).status_code == 404, path
+    assert client.get(V1).status_code == 405 and client.get(V1).headers["allow"] == "POST"
+    assert client.get("/v2/health/live").json()["live"] is True
+    assert client.get("/v2/models/tosguard/ready").json()["ready"] is True
+    assert client.post(V1, json={"instances": ["a clause ."]}).status_code == 200  # still serving
