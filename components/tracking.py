@@ -147,16 +147,17 @@ def pipeline_run(run_id: str, safe: str = ""):
     logger.close(safe)
 
 
-def open_run_step(run_name: str, source: str, train: dict) -> tuple[str, str]:
+def open_run_step(run_name: str, source: str, train: dict, tags: dict | None = None) -> tuple[str, str]:
     """The pipeline's first task: validate the inputs, then open the pipeline's MLflow run
     with every training setting logged once. Returns (run id, the validated settings as
-    JSON), which every later step reads."""
+    JSON), which every later step reads. `tags`: the KFP run id and name."""
     from tosguard.components.config import TrainConfig
 
     config = TrainConfig.from_dict(train)
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")
-    run_id = open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in config.to_dict().items()}})
+    run_id = open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in config.to_dict().items()}},
+                               tags=tags)
     return run_id, config.to_json()
 
 

@@ -85,9 +85,15 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         expose: bool = False,
         auth_secret: str = "",
     ):
-        run = steps.open_run(run_name=run_name, source=source, train=train)
+        run = steps.open_run(run_name=run_name, source=source, train=train, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                             kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         run.set_display_name("Validate inputs, open MLflow run")
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
+        # Every pipeline run opens its own MLflow run: never answered from KFP's cache, which
+        # keys on inputs alone (a recurring run's inputs repeat). Every later task takes the
+        # run id as an input, so none of them can be answered from another run's cache
+        # either; a trained model is reused only through the store's content key.
+        run.set_caching_options(False)
         train_config = run.outputs["train_config"]
         run_id = run.outputs["mlflow_run_id"]
 

@@ -150,3 +150,24 @@ def test_the_settings_block_is_checked_once_with_clear_errors():
                          ({"method": "dora"}, "method must be one of"), ({"max_length": 4}, "max_length must be")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig.from_dict(bad)
+
+
+def test_no_run_identity_comes_from_kfps_cache(tmp_path):
+    """KFP v2 caches a task by its inputs and component spec, and a recurring run repeats
+    its inputs: the tasks whose outputs identify a run (the MLflow run, the registered
+    version, the endpoint) must never be cached, and every other task must take the fresh
+    MLflow run id as an input, so a cache hit can never hand one run another run's id."""
+    _, spec_doc, _ = _compile(tmp_path)
+    tasks = _tasks(spec_doc)
+    identifying = {"open-run", "evaluate-model", "deploy-kserve", "deploy-local"}
+    for name in identifying:
+        assert tasks[name].get("cachingOptions", {}).get("enableCache") is not True, name
+    for name, task in tasks.items():
+        if name in identifying or name == "open-run" or name.startswith("condition"):
+            continue
+        source = task["inputs"]["parameters"]["mlflow_run_id"]["taskOutputParameter"]
+        assert source == {"producerTask": "open-run", "outputParameterKey": "mlflow_run_id"}, name
+    # open-run tags the MLflow run with the KFP run's id and name (filled in by KFP).
+    params = tasks["open-run"]["inputs"]["parameters"]
+    assert params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert params["kfp_run_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"

@@ -54,6 +54,7 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     # The settings block is logged once, as given; the method it resolved to on this CPU is a tag.
     assert run.data.params["train.method"] == "auto" and run.data.tags["train.method_used"] == "lora"
     assert run.data.params["train.max_steps"] == "64" and "train.trainable_parameters" in run.data.params
+    assert run.data.tags["kfp.run_name"] and run.data.tags["kfp.run_id"]  # the KFP run this MLflow run belongs to
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 4
     assert client.get_metric_history(run.info.run_id, "val_macro_f1")
     assert run.data.metrics["test_macro_f1"] == pytest.approx(summary["test"]["macro_f1"])
