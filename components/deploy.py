@@ -278,30 +278,70 @@ def _is_ready(obj: dict) -> bool:
     return any(c.get("type") == "Ready" and str(c.get("status")) == "True" for c in conditions)
 
 
-def _apply(api, version: str, plural: str, body: dict) -> str:
-    """Create the object, or merge-patch it when it exists. Returns 'created' or 'patched'."""
+def _revisions(obj: dict) -> tuple[str | None, str | None]:
+    """(latest created, latest ready) revision of the predictor, as KServe reports them."""
+    predictor = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
+    return predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
+
+
+def _serves_this_spec(obj: dict, before: dict | None, changed: bool) -> bool:
+    """Ready for the spec just applied, not for an older one: the controller has observed
+    the object's generation, the latest created revision is the one that is ready, and,
+    when the spec changed, that revision is not the one that served before."""
+    if not _is_ready(obj):
+        return False
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if generation is not None and (observed is None or int(observed) < int(generation)):
+        return False
+    created, ready = _revisions(obj)
+    if created is None and ready is None:  # a KServe without revision status (raw deployment)
+        return generation is not None or not changed
+    if created != ready:
+        return False
+    return not (changed and before is not None and created == _revisions(before)[0])
+
+
+def _apply(api, version: str, plural: str, body: dict) -> tuple[str, dict | None]:
+    """Create the object, or merge-patch it when it exists. Returns ('created' or
+    'patched', the object as it was before)."""
     from kubernetes import client as k8s
 
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     args = (KSERVE_GROUP, version, namespace, plural)
     try:
-        api.get_namespaced_custom_object(*args, name)
+        before = api.get_namespaced_custom_object(*args, name)
     except k8s.ApiException as exc:
         if exc.status != 404:
             raise
         api.create_namespaced_custom_object(*args, body)
-        return "created"
+        return "created", None
     api.patch_namespaced_custom_object(*args, name, body)
-    return "patched"
+    return "patched", before
+
+
+def _spec_changes(before: dict | None, body: dict) -> bool:
+    """Whether merging `body` changes any field of the existing object's spec."""
+    if before is None:
+        return True
+
+    def differs(old, new) -> bool:
+        if isinstance(new, dict):
+            old = old if isinstance(old, dict) else {}
+            return any(differs(old.get(k), v) for k, v in new.items())
+        return old != new
+
+    return differs(before.get("spec"), body.get("spec"))
 
 
 def deploy_inference_service(
     isvc: dict, runtime: dict | None = None, api_client=None, timeout: float = 600.0, poll_seconds: float = 5.0
 ) -> dict:
-    """Apply the ServingRuntime (if given) and the InferenceService, idempotently; wait for Ready.
+    """Apply the ServingRuntime (if given) and the InferenceService, idempotently; wait until
+    the new spec serves (generation observed, its revision the latest ready one).
 
-    Returns {"name", "namespace", "action": "created"|"patched", "url"}. Raises TimeoutError
-    when it is not Ready in time, with its last conditions in the message.
+    Returns {"name", "namespace", "action": "created"|"patched", "url", "revision"}. Raises
+    TimeoutError when it does not serve in time, with its last conditions in the message.
     """
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
@@ -315,20 +355,25 @@ def deploy_inference_service(
     api = k8s.CustomObjectsApi(api_client)
     if runtime is not None:
         _apply(api, RUNTIME_VERSION, RUNTIME_PLURAL, runtime)
-    action = _apply(api, KSERVE_VERSION, KSERVE_PLURAL, isvc)
+    action, before = _apply(api, KSERVE_VERSION, KSERVE_PLURAL, isvc)
+    changed = _spec_changes(before, isvc)
     name, namespace = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
-    log.info("InferenceService %s/%s %s; waiting for Ready (up to %.0f s)", namespace, name, action, timeout)
+    log.info("InferenceService %s/%s %s; waiting for its new revision to be Ready (up to %.0f s)", namespace, name,
+             action, timeout)
     deadline = time.time() + timeout
     while True:
         obj = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL, name)
-        if _is_ready(obj):
+        if _serves_this_spec(obj, before, changed):
             url = (obj.get("status") or {}).get("url", "")
-            log.info("InferenceService %s/%s is Ready at %s", namespace, name, url)
-            return {"name": name, "namespace": namespace, "action": action, "url": url}
+            revision = _revisions(obj)[1]
+            log.info("InferenceService %s/%s is Ready at %s (revision %s)", namespace, name, url, revision)
+            return {"name": name, "namespace": namespace, "action": action, "url": url, "revision": revision}
         if time.time() > deadline:
-            conditions = (obj.get("status") or {}).get("conditions") or []
+            status = obj.get("status") or {}
             raise TimeoutError(
-                f"InferenceService {namespace}/{name} not Ready after {timeout:.0f} s; conditions: {conditions}"
+                f"InferenceService {namespace}/{name} not Ready with the new spec after {timeout:.0f} s; "
+                f"revisions (created, ready): {_revisions(obj)}, observed generation "
+                f"{status.get('observedGeneration')}; conditions: {status.get('conditions') or []}"
             )
         time.sleep(poll_seconds)
 

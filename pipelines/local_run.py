@@ -27,7 +27,9 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
     """Run the whole pipeline locally; write and return summary.json's content."""
     from kfp import local
 
-    from tosguard.pipelines.pipeline import tosguard_pipeline
+    from tosguard.pipelines.pipeline import ClusterSettings, make_pipeline
+
+    tosguard_pipeline = make_pipeline(cluster=ClusterSettings(retries=False))
 
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,10 @@ class ClusterSettings:
     s3_secret: str = "tosguard-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3
     mlflow_secret: str = "tosguard-mlflow"  # keys MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, ..._PASSWORD
     caching: bool = True  # False: every task runs afresh (compile/submit --no-cache)
+    # Retries with backoff for steps that reach S3, MLflow or the Kubernetes API. kfp.local
+    # honours them too, and cannot tell bad data from a network blip, so local runs turn
+    # them off (tosguard's storage and MLflow clients retry transient errors themselves).
+    retries: bool = True
 
 
 _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
@@ -46,7 +50,7 @@ def _on_cluster(task, cluster: ClusterSettings, cpu: str, memory: str, network_r
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
     kubernetes.use_secret_as_env(task, cluster.s3_secret, {k: k for k in _S3_KEYS})
     kubernetes.use_secret_as_env(task, cluster.mlflow_secret, {k: k for k in _MLFLOW_KEYS})
-    if network_retries:
+    if network_retries and cluster.retries:
         task.set_retry(num_retries=network_retries, backoff_duration="30s", backoff_factor=2.0)
     if not cluster.caching:
         task.set_caching_options(False)

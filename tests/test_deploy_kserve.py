@@ -63,18 +63,35 @@ def _with_fake_cluster(work, mark_ready_after: float | None):
             stop = threading.Event()
 
             def controller():
+                """Plays KServe: for every new spec (storageUri), a new revision is created
+                after `mark_ready_after` s and becomes ready `mark_ready_after` s later; the
+                old revision stays Ready meanwhile (the stale Ready a deploy must not trust)."""
                 api = k8s.CustomObjectsApi(api_client)
+                served, revision = None, 0
                 while not stop.is_set():
                     try:
-                        api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
+                        obj = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
                     except k8s.ApiException:
                         time.sleep(0.05)
                         continue
+                    uri = obj["spec"]["predictor"]["model"]["storageUri"]
+                    if uri == served:
+                        time.sleep(0.05)
+                        continue
+                    served, revision = uri, revision + 1
+                    old = obj.get("status") or {}
+                    old_ready = ((old.get("components") or {}).get("predictor") or {}).get("latestReadyRevision")
+                    name = f"{NAME}-predictor-{revision:05d}"
+                    time.sleep(mark_ready_after)
+                    api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
+                        "status": {"components": {"predictor": {"latestCreatedRevision": name,
+                                                                "latestReadyRevision": old_ready}}}})
                     time.sleep(mark_ready_after)
                     api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
                         "status": {"url": f"http://{NAME}.{NS}.example.com",
-                                   "conditions": [{"type": "Ready", "status": "True"}]}})
-                    return
+                                   "conditions": [{"type": "Ready", "status": "True"}],
+                                   "components": {"predictor": {"latestCreatedRevision": name,
+                                                                "latestReadyRevision": name}}}})
 
             helper = None
             if mark_ready_after is not None:
@@ -101,8 +118,11 @@ def test_create_then_patch_is_idempotent_and_waits_for_ready():
         return first, second, stored, runtime, listed
 
     first, second, stored, runtime, listed = _with_fake_cluster(work, mark_ready_after=0.3)
-    assert first == {"name": NAME, "namespace": NS, "action": "created", "url": f"http://{NAME}.{NS}.example.com"}
+    assert first == {"name": NAME, "namespace": NS, "action": "created", "url": f"http://{NAME}.{NS}.example.com",
+                     "revision": f"{NAME}-predictor-00001"}
     assert second["action"] == "patched" and second["url"] == first["url"]
+    # The patched spec's own revision serves: the first revision's Ready did not count.
+    assert second["revision"] == f"{NAME}-predictor-00002"
     assert stored["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/models/tosguard/v2"
     assert runtime["spec"]["containers"][0]["image"] == "registry.example/tosguard-serving:2"
     assert len(listed) == 1
@@ -110,8 +130,29 @@ def test_create_then_patch_is_idempotent_and_waits_for_ready():
 
 def test_not_ready_in_time_is_a_timeout_naming_the_service():
     def work(api_client):
-        with pytest.raises(TimeoutError, match=f"InferenceService {NS}/{NAME} not Ready after 1 s"):
+        with pytest.raises(TimeoutError, match=f"InferenceService {NS}/{NAME} not Ready with the new spec after 1 s"):
             deploy_inference_service(_body(), api_client=api_client, timeout=1, poll_seconds=0.1)
         return True
 
     assert _with_fake_cluster(work, mark_ready_after=None)
+
+
+def test_a_stale_ready_does_not_pass_for_a_new_model():
+    """While the old revision still serves (Ready), a deploy of a new model waits until the
+    new revision is the latest ready one; re-applying an unchanged spec returns at once."""
+
+    def work(api_client):
+        deploy_inference_service(_body(), _runtime(), api_client=api_client, timeout=20, poll_seconds=0.05)
+        started = time.time()
+        second = deploy_inference_service(_body(uri="s3://bucket/models/tosguard/v2"), api_client=api_client,
+                                          timeout=20, poll_seconds=0.05)
+        waited = time.time() - started
+        started = time.time()
+        same = deploy_inference_service(_body(uri="s3://bucket/models/tosguard/v2"), api_client=api_client,
+                                        timeout=20, poll_seconds=0.05)
+        return second, waited, same, time.time() - started
+
+    second, waited, same, again = _with_fake_cluster(work, mark_ready_after=0.6)
+    assert second["revision"] == f"{NAME}-predictor-00002"
+    assert waited >= 1.1, "returned on the old revision's Ready"
+    assert same["revision"] == second["revision"] and again < 1.0
