@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from tosguard.components.labels import CATEGORIES, NUM_CATEGORIES
-from tosguard.components.storage import sha256_file
+from tosguard.components.storage import redact, scrub, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,42 @@ def _read_hf(uri: str) -> list[Split]:
     return splits
 
 
+MAX_ARCHIVE_BYTES = int(os.environ.get("TOSGUARD_MAX_ARCHIVE_BYTES", 200 << 20))
+MAX_UNPACKED_BYTES = int(os.environ.get("TOSGUARD_MAX_UNPACKED_BYTES", 1 << 30))
+MAX_ARCHIVE_MEMBERS = int(os.environ.get("TOSGUARD_MAX_ARCHIVE_MEMBERS", 1000))
+
+
+def _insecure_http_allowed() -> bool:
+    return os.environ.get("TOSGUARD_ALLOW_HTTP", "") == "1"
+
+
+def _check_members(tar, url: str) -> None:
+    """Refuse an archive with links, devices, absolute or parent-relative paths, too many
+    members or too many bytes unpacked, before anything is written."""
+    count, unpacked = 0, 0
+    for member in tar:
+        count += 1
+        if count > MAX_ARCHIVE_MEMBERS:
+            raise DataError(f"{url}: the archive holds more than {MAX_ARCHIVE_MEMBERS} members")
+        name = member.name
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise DataError(f"{url}: archive member {name!r} points outside the archive")
+        if member.issym() or member.islnk():
+            raise DataError(f"{url}: archive member {name!r} is a link; the archive may hold only files and folders")
+        if not (member.isfile() or member.isdir()):
+            raise DataError(f"{url}: archive member {name!r} is a device, pipe or other special file")
+        unpacked += member.size
+        if unpacked > MAX_UNPACKED_BYTES:
+            raise DataError(f"{url}: the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+
+
 def _fetch_tarball(url: str, into: Path) -> Path:
     """Download an https archive (retries, progress, size and optional sha256 check) and
-    unpack it safely; returns the folder holding train/validation/test .jsonl."""
+    unpack it safely; returns the folder holding train/validation/test .jsonl.
+
+    Plain http (or a redirect to it) is refused unless TOSGUARD_ALLOW_HTTP=1. The archive
+    is bounded in bytes, members and unpacked size, and may hold only files and folders.
+    """
     import tarfile
 
     import requests
@@ -166,7 +200,13 @@ def _fetch_tarball(url: str, into: Path) -> Path:
     from urllib3.util.retry import Retry
 
     url, _, fragment = url.partition("#")
+    shown = redact(url)
     pinned = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+    if not url.startswith("https://") and not _insecure_http_allowed():
+        raise DataError(f"{shown}: plain http is refused (the data could be altered on the way); use https, "
+                        "or set TOSGUARD_ALLOW_HTTP=1 for a server you trust")
+    if not pinned:
+        log.warning("download: %s is not pinned; append #sha256=<hex> to the URL to pin its content", shown)
     session = requests.Session()
     retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=["GET"])
     session.mount("http://", HTTPAdapter(max_retries=retry))
@@ -174,30 +214,38 @@ def _fetch_tarball(url: str, into: Path) -> Path:
     archive = into / "archive.tar.gz"
     try:
         with session.get(url, stream=True, timeout=(10, 120)) as reply:
+            hops = [r.url for r in reply.history] + [reply.url]
+            if not _insecure_http_allowed() and any(not hop.startswith("https://") for hop in hops):
+                raise DataError(f"{shown}: redirected to plain http ({redact(hops[-1])}); refused")
             reply.raise_for_status()
             total = int(reply.headers.get("Content-Length") or 0)
+            if total > MAX_ARCHIVE_BYTES:
+                raise DataError(f"{shown}: the archive is {total} bytes; the limit is {MAX_ARCHIVE_BYTES}")
             digest, received = hashlib.sha256(), 0
             with open(archive, "wb") as out, tqdm(total=total or None, unit="B", unit_scale=True,
                                                    desc="download", disable=total < (8 << 20)) as bar:
                 for block in reply.iter_content(1 << 20):
+                    received += len(block)
+                    if received > MAX_ARCHIVE_BYTES:
+                        raise DataError(f"{shown}: the archive is over the limit of {MAX_ARCHIVE_BYTES} bytes")
                     out.write(block)
                     digest.update(block)
-                    received += len(block)
                     bar.update(len(block))
     except requests.RequestException as exc:
-        raise DataError(f"{url}: download failed: {exc}") from exc
+        raise DataError(f"{shown}: download failed: {scrub(str(exc), url)}") from None
     if total and received != total:
-        raise DataError(f"{url}: received {received} bytes, the server announced {total}")
+        raise DataError(f"{shown}: received {received} bytes, the server announced {total}")
     if pinned and digest.hexdigest() != pinned.lower():
-        raise DataError(f"{url}: archive sha256 {digest.hexdigest()} does not match the pinned {pinned}")
+        raise DataError(f"{shown}: archive sha256 {digest.hexdigest()} does not match the pinned {pinned}")
     try:
         with tarfile.open(archive, "r:*") as tar:
+            _check_members(tar, shown)
             tar.extractall(into / "unpacked", filter="data")
-    except tarfile.TarError as exc:
-        raise DataError(f"{url}: not a readable tar archive: {exc}") from exc
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{shown}: not a readable tar archive: {exc}") from exc
     holders = sorted({p.parent for p in (into / "unpacked").rglob("train.jsonl")}, key=lambda p: len(p.parts))
     if not holders:
-        raise DataError(f"{url}: the archive holds no train.jsonl")
+        raise DataError(f"{shown}: the archive holds no train.jsonl")
     return holders[0]
 
 
@@ -286,7 +334,7 @@ def download(source: str, output_dir: str, store: str | None = None) -> dict:
     dataset.save_to_disk(str(out))
     digests = {s.name: s.content_sha256 for s in splits}
     manifest = {
-        "source": source,
+        "source": redact(source),
         "file_sha256": {s.name: s.sha256 for s in splits},
         "content_sha256": digests,
         "rows": {s.name: len(s.texts) for s in splits},
@@ -297,7 +345,7 @@ def download(source: str, output_dir: str, store: str | None = None) -> dict:
     if store:
         manifest["snapshot"] = mirror_snapshot(splits, manifest, store)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    log.info("download: %s rows %s, data hash %s", source, manifest["rows"], manifest["data_hash"][:12])
+    log.info("download: %s rows %s, data hash %s", redact(source), manifest["rows"], manifest["data_hash"][:12])
     return manifest
 
 
@@ -312,7 +360,7 @@ def run_step(source: str, output_dir: str, store: str, mlflow_run_id: str) -> di
     started = time.time()
     manifest = download(source, output_dir, store=store_root(store))
     with pipeline_run(mlflow_run_id) as mlflow:
-        mlflow.set_tags({"data_hash": manifest["data_hash"], "data_source": source,
+        mlflow.set_tags({"data_hash": manifest["data_hash"], "data_source": redact(source),
                          "data_snapshot": manifest["snapshot"]["uri"]})
         mlflow.log_dict(manifest, "data/manifest.json")
         mlflow.log_metric("step_seconds.download", time.time() - started)

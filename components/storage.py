@@ -49,6 +49,59 @@ def local_path(uri: str) -> Path:
     return Path(uri)
 
 
+_SECRET_QUERY_KEYS = ("signature", "sig", "token", "key", "secret", "password", "credential", "auth")
+
+
+def redact(uri: str) -> str:
+    """A URI fit for logs, MLflow and errors: user:password@ and secret-looking query
+    parameters (presigned-URL signatures, tokens) replaced by ***."""
+    import re
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_QUERY_KEYS) else v) for k, v in pairs],
+                          safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` (an error message, say) with every secret part of `uri` replaced by ***."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return text
+    secrets = [parts.password, parts.username]
+    secrets += [v for k, v in parse_qsl(parts.query) if any(w in k.lower() for w in _SECRET_QUERY_KEYS)]
+    for secret in filter(None, secrets):
+        for form in {secret, unquote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
+
+
+def safe_relative(rel: str, root: Path) -> Path:
+    """root/rel for a key read from a store, refusing keys that would land outside root
+    (`../`, absolute paths): an object key is data, never a path to trust."""
+    target = (root / rel).resolve()
+    base = root.resolve()
+    if not rel or rel.startswith("/") or ".." in Path(rel).parts or (target != base and base not in target.parents):
+        raise IntegrityError(f"refusing object key {rel!r}: it would be written outside {root}")
+    return target
+
+
 def join(uri: str, *parts: str) -> str:
     """Append path parts to a URI or path."""
     base = uri.rstrip("/")
@@ -291,7 +344,8 @@ def download_folder(uri: str, folder: str | Path, client=None) -> list[dict]:
     files = list_files(uri, client)
     if not files:
         raise FileNotFoundError(f"{uri}: no objects under this prefix")
-    return [download_file(join(uri, rel), Path(folder) / rel, client) for rel in files]
+    targets = {rel: safe_relative(rel, Path(folder)) for rel in files}  # all checked before any is written
+    return [download_file(join(uri, rel), targets[rel], client) for rel in files]
 
 
 def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:

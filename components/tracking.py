@@ -156,7 +156,10 @@ def open_run_step(run_name: str, source: str, train: dict, tags: dict | None = N
     config = TrainConfig.from_dict(train)
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")
-    run_id = open_pipeline_run(run_name, {"source": source, **{f"train.{k}": v for k, v in config.to_dict().items()}},
+    from tosguard.components.storage import redact
+
+    run_id = open_pipeline_run(run_name, {"source": redact(source),
+                                          **{f"train.{k}": v for k, v in config.to_dict().items()}},
                                tags=tags)
     return run_id, config.to_json()
 

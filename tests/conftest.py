@@ -93,6 +93,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def https_root(tmp_path, monkeypatch):
+    """A loopback HTTPS server (self-signed, trusted through REQUESTS_CA_BUNDLE)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    from tests.servers import self_signed_certificate, serve_folder
+
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    server, url = serve_folder(root, (cert, key))
+    yield root, url
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(autouse=True)
 def _only_the_tosguard_package():
     """The code is `tosguard.*`: a test that imports or patches a bare `components.x` or

@@ -1,13 +1,10 @@
 """Every data source yields the same splits and hashes: bundled, a local folder, an https
-tarball in the zenodo layout (served on 127.0.0.1), s3:// (moto on 127.0.0.1) and the
+tarball in the zenodo layout (served over TLS on 127.0.0.1), s3:// (moto on 127.0.0.1) and the
 Hugging Face datasets loader (reading a local dataset folder; the hub is unreachable here).
 The snapshot is mirrored to the store by content hash and reused on a re-run."""
-import functools
-import http.server
 import io
 import json
 import tarfile
-import threading
 
 import pytest
 
@@ -18,21 +15,6 @@ from tosguard.components.download import SPLITS, DataError, bundled_dir, downloa
 @pytest.fixture(scope="module")
 def bundled_manifest(tmp_path_factory):
     return download("bundled", str(tmp_path_factory.mktemp("bundled") / "raw"))
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """A loopback HTTP server over a folder; yields (folder, base URL)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def _zenodo_tarball(path):
@@ -48,10 +30,10 @@ def _same(manifest, reference):
     assert manifest["data_hash"] == reference["data_hash"]
 
 
-def test_https_tarball_in_the_zenodo_layout(http_root, tmp_path, bundled_manifest):
+def test_https_tarball_in_the_zenodo_layout(https_root, tmp_path, bundled_manifest):
     import hashlib
 
-    root, url = http_root
+    root, url = https_root
     _zenodo_tarball(root / "unfair_tos.tar.gz")
     _same(download(f"{url}/unfair_tos.tar.gz", str(tmp_path / "a")), bundled_manifest)
     digest = hashlib.sha256((root / "unfair_tos.tar.gz").read_bytes()).hexdigest()
@@ -65,8 +47,8 @@ def test_https_tarball_in_the_zenodo_layout(http_root, tmp_path, bundled_manifes
         download(f"{url}/junk.tar.gz", str(tmp_path / "e"))
 
 
-def test_a_bad_row_in_a_tarball_names_its_file_and_line(http_root, tmp_path):
-    root, url = http_root
+def test_a_bad_row_in_a_tarball_names_its_file_and_line(https_root, tmp_path):
+    root, url = https_root
     with tarfile.open(root / "bad.tar.gz", "w:gz") as tar:
         for split in SPLITS:
             lines = (bundled_dir() / f"{split}.jsonl").read_bytes().splitlines(keepends=True)[:5]

@@ -1,0 +1,119 @@
+"""Untrusted inputs: https only unless allowed, archives that cannot escape or explode,
+store keys that cannot write outside their folder, and no secret in logs, MLflow or the
+compiled pipeline."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from tosguard.components import storage
+from tosguard.components.download import SPLITS, DataError, bundled_dir, download
+from tests.servers import serve_folder
+
+
+def _tarball(path, members):
+    """members: (TarInfo, bytes or None)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def _file(name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _splits():
+    return [_file(f"{s}.jsonl", (bundled_dir() / f"{s}.jsonl").read_bytes()) for s in SPLITS]
+
+
+def test_https_works_and_plain_http_is_refused_unless_allowed(https_root, tmp_path, monkeypatch):
+    root, url = https_root
+    _tarball(root / "ok.tar.gz", _splits())
+    assert download(f"{url}/ok.tar.gz", str(tmp_path / "a"))["rows"]["test"] == 1607
+    plain_root = tmp_path / "plain"
+    plain_root.mkdir()
+    _tarball(plain_root / "ok.tar.gz", _splits())
+    server, plain = serve_folder(plain_root)
+    try:
+        with pytest.raises(DataError, match="plain http is refused"):
+            download(f"{plain}/ok.tar.gz", str(tmp_path / "b"))
+        monkeypatch.setenv("TOSGUARD_ALLOW_HTTP", "1")
+        assert download(f"{plain}/ok.tar.gz", str(tmp_path / "c"))["rows"]["test"] == 1607
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("members, message", [
+    (lambda: _splits() + [_file("../escape.txt", b"x")], "points outside the archive"),
+    (lambda: _splits() + [_file("/etc/evil", b"x")], "points outside the archive"),
+    (lambda: _splits() + [(tarfile.TarInfo("link"), None)], None),  # filled in below: a symlink
+    (lambda: _splits() + [(tarfile.TarInfo("hard"), None)], None),  # a hard link
+    (lambda: _splits() + [(tarfile.TarInfo("dev"), None)], None),  # a character device
+    (lambda: _splits() + [_file(f"pad/{i}.txt", b"") for i in range(1001)], "more than 1000 members"),
+], ids=["parent", "absolute", "symlink", "hardlink", "device", "members"])
+def test_crafted_archives_are_refused_before_anything_is_written(members, message, https_root, tmp_path, request):
+    root, url = https_root
+    built = members()
+    kind = request.node.callspec.id
+    if kind in ("symlink", "hardlink", "device"):
+        info = built[-1][0]
+        info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "device": tarfile.CHRTYPE}[kind]
+        info.linkname = "train.jsonl" if kind != "device" else ""
+        message = "is a link" if kind != "device" else "is a device"
+    _tarball(root / "crafted.tar.gz", built)
+    with pytest.raises(DataError, match=message):
+        download(f"{url}/crafted.tar.gz", str(tmp_path / "out"))
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_archive_size_limits(https_root, tmp_path, monkeypatch):
+    root, url = https_root
+    _tarball(root / "big.tar.gz", _splits() + [_file("zeros.bin", b"\0" * 3_000_000)])
+    monkeypatch.setattr("tosguard.components.download.MAX_UNPACKED_BYTES", 2_000_000)
+    with pytest.raises(DataError, match="unpacks to more than 2000000 bytes"):
+        download(f"{url}/big.tar.gz", str(tmp_path / "a"))
+    monkeypatch.setattr("tosguard.components.download.MAX_ARCHIVE_BYTES", 10_000)
+    with pytest.raises(DataError, match="the limit is 10000|over the limit of 10000"):
+        download(f"{url}/big.tar.gz", str(tmp_path / "b"))
+
+
+def test_store_keys_cannot_escape_the_target_folder(s3_env, tmp_path):
+    client = storage.s3_client()
+    client.put_object(Bucket="tosguard", Key="evil/model/config.json", Body=b"{}")
+    client.put_object(Bucket="tosguard", Key="evil/model/../../../escaped.txt", Body=b"owned")
+    target = tmp_path / "deep" / "target"
+    with pytest.raises(storage.IntegrityError, match="outside"):
+        storage.download_folder("s3://tosguard/evil/model", target)
+    assert not list(tmp_path.rglob("escaped.txt")) and not target.exists()
+
+
+def test_no_secret_reaches_logs_mlflow_or_the_compiled_pipeline(https_root, tosguard_home, tmp_path, monkeypatch,
+                                                                caplog):
+    from mlflow import MlflowClient
+
+    from tosguard.components.tracking import open_run_step, tracking_uri
+    from tosguard.pipelines.cli import main
+
+    canaries = ["AKIACANARYKEY", "canary-secret-value", "canary-mlflow-password", "canarypass", "canarysig"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", canaries[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", canaries[1])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", canaries[2])
+    _, url = https_root
+    source = url.replace("https://", "https://reader:canarypass@") + "/missing.tar.gz?X-Amz-Signature=canarysig&v=1"
+    caplog.set_level("DEBUG")
+    with pytest.raises(DataError) as err:
+        download(source, str(tmp_path / "never"))
+    run_id, _ = open_run_step("secrets", source, {"preset": "quick"})
+    run = MlflowClient(tracking_uri()).get_run(run_id)
+    assert run.data.params["source"].startswith("https://***@127.0.0.1:")
+    assert "404" in str(err.value)
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--output", str(out)]) == 0
+    seen = "\n".join([str(err.value), caplog.text, out.read_text(), repr(run.data.params), repr(run.data.tags)])
+    leaked = [c for c in canaries if c in seen]
+    assert not leaked, leaked
