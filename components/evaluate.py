@@ -176,15 +176,20 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
         Path(report_path).write_text(report)
         Path(scores_path).write_text(scored)
         info = {
-            "version": Path(model_store_uri).name, "base_model": card["base_model"], "method": card["method"],
+            "version": "/".join(model_store_uri.rstrip("/").split("/")[-2:]), "base_model": card["base_model"],
+            "method": card["method"],
             "data_hash": data_hash, "source": trained.get("source", "?"),
             "code_version": trained.get("code_version", code_version()), "mlflow_run_id": mlflow_run_id,
             "best_epoch": card.get("best_epoch"), "best_val_macro_f1": card.get("val_macro_f1", float("nan")),
             "thresholds": dict(zip(card["categories"], card["thresholds"])), "scores": scores,
         }
-        storage.write_text(storage.join(model_store_uri, "report.md"), report)
-        storage.write_text(storage.join(model_store_uri, "scores.json"), scored)
-        storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
+        # A stored version is never changed: each evaluation writes its own folder, and the
+        # card is written by the first evaluation of the version only.
+        evaluation = storage.join(model_store_uri, "evaluations", mlflow_run_id)
+        storage.write_text(storage.join(evaluation, "report.md"), report)
+        storage.write_text(storage.join(evaluation, "scores.json"), scored)
+        if not storage.exists(storage.join(model_store_uri, "MODEL_CARD.md")):
+            storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
         version = register_version(
             model_store_uri, mlflow_run_id, promote=decision["passed"],
             tags={"data_hash": data_hash, "test_macro_f1": round(scores["macro_f1"], 4),

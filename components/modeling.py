@@ -240,9 +240,10 @@ def load_exported(model_dir: str) -> tuple[ClauseClassifier, object, dict]:
     return model, AutoTokenizer.from_pretrained(str(folder)), card
 
 
-def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad one batch to its own longest row (dynamic padding)."""
+def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad one batch to its own longest row (dynamic padding), rounded up to `multiple`."""
     width = max(len(ids) for ids in input_ids)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(input_ids), width), dtype=torch.long)
     for row, seq in enumerate(input_ids):
@@ -275,17 +276,19 @@ def score_encoded(
     pad_token_id: int,
     batch_size: int = 64,
     max_batch_tokens: int | None = None,
+    pad_multiple: int = 1,
 ) -> np.ndarray:
     """Sigmoid score per category for each encoded clause, in input order.
 
-    Clauses are scored in length-sorted batches so little compute goes to padding.
+    Clauses are scored in length-sorted batches so little compute goes to padding;
+    `pad_multiple` rounds each batch's width up (fewer distinct shapes for the kernels).
     """
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
     scores = np.zeros((len(input_ids), model.classifier.out_features), dtype=np.float32)
     for chunk in length_sorted_batches([len(ids) for ids in input_ids], batch_size, max_batch_tokens):
-        ids, mask = pad_batch([input_ids[i] for i in chunk], pad_token_id)
+        ids, mask = pad_batch([input_ids[i] for i in chunk], pad_token_id, pad_multiple)
         logits = model(ids.to(device), mask.to(device))
         scores[chunk] = torch.sigmoid(logits.float()).cpu().numpy()
     model.train(was_training)

@@ -277,6 +277,16 @@ def exists(uri: str, client=None) -> bool:
         raise
 
 
+def delete(uri: str, client=None) -> None:
+    """Remove one object or file; no error when it is already gone."""
+    if not is_s3(uri):
+        local_path(uri).unlink(missing_ok=True)
+        return
+    client = client or s3_client()
+    bucket, key = _split_s3(uri)
+    with_retries(lambda: client.delete_object(Bucket=bucket, Key=key), f"delete {uri}")
+
+
 def write_text(uri: str, text: str, client=None) -> dict:
     """Write a small text object through a temporary file (so it is verified like any other)."""
     import tempfile

@@ -2,18 +2,22 @@
 or ``s3://bucket/prefix``. Layout:
 
     <store>/data/unfair_tos/<data hash>/        train/validation/test.jsonl, manifest.json
-    <store>/models/tosguard/<version>/          one trained model:
+    <store>/checkpoints/<key>/                  resumable checkpoints of a training in progress
+    <store>/models/tosguard/<key>/<version>/    one trained model, never changed once complete:
         model.safetensors, config.json          merged model (loads with plain transformers)
         adapter/                                the LoRA adapter alone (peft)
         tokenizer.json, tokenizer_config.json   tokenizer
         classifier.safetensors, tosguard.json   head, label names, thresholds, pooling
         labels.json, thresholds.json            label names and decision thresholds
         train_summary.json                      written last: the model is complete
-        report.md, scores.json, MODEL_CARD.md   added by evaluate
+        MODEL_CARD.md                           added by the first evaluation
+        evaluations/<MLflow run id>/            report.md, scores.json of each evaluation
 
-``<version>`` is ``<data hash>-<config fingerprint>`` (12 hex each): the same data and
-training config land on the same folder, so a re-run finds a complete model there and
-reuses it instead of training again.
+``<key>`` is ``<data hash>-<config fingerprint>`` (12 hex each): the content key. Each
+training writes a new ``<version>`` (``<UTC time>-<random>``) under its key, so a retrain,
+a forced fresh run or two concurrent runs never write into the same folder, and a version
+is complete only once its mark is written last. A re-run with the same data and config
+reuses the newest complete version under the key instead of training again.
 """
 from __future__ import annotations
 
@@ -42,9 +46,18 @@ def snapshot_uri(store: str, data_hash: str) -> str:
     return storage.join(store_root(store), "data", "unfair_tos", data_hash)
 
 
-def model_version(data_hash: str, train_config_json: str) -> str:
+def model_key(data_hash: str, train_config_json: str) -> str:
+    """The content key: the same data and training config give the same key."""
     fingerprint = hashlib.sha256(train_config_json.encode()).hexdigest()
     return f"{data_hash[:12]}-{fingerprint[:12]}"
+
+
+def new_version(key: str) -> str:
+    """A fresh, never reused version under a key: sortable by time, unique by a random tail."""
+    import time
+    import uuid
+
+    return f"{key}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
 def model_uri(store: str, version: str) -> str:
@@ -78,8 +91,28 @@ def find_model(uri: str) -> dict | None:
     return json.loads(storage.read_text(mark))
 
 
+def newest_complete(store: str, key: str) -> tuple[str, dict] | None:
+    """(URI, train summary) of the newest complete version under a content key, or None."""
+    root = model_uri(store, key)
+    marks = sorted(rel for rel in storage.list_files(root)
+                   if rel.endswith("/" + COMPLETE_MARK) and rel.count("/") == 1)
+    for rel in reversed(marks):
+        uri = storage.join(root, rel.split("/")[0])
+        summary = find_model(uri)
+        if summary is not None:
+            return uri, summary
+    return None
+
+
+class VersionExists(RuntimeError):
+    """A complete model version is never overwritten."""
+
+
 def save_model(local_dir: str, uri: str, summary: dict) -> dict:
-    """Copy an exported model folder to the store (every file verified), the mark last."""
+    """Copy an exported model folder to a new version in the store (every file verified),
+    the complete mark last. Refuses a version that is already complete."""
+    if find_model(uri) is not None:
+        raise VersionExists(f"{uri} already holds a complete model; a new training gets a new version")
     card = json.loads((Path(local_dir) / CARD_FILE).read_text())
     (Path(local_dir) / "labels.json").write_text(json.dumps(card["categories"], indent=2))
     (Path(local_dir) / "thresholds.json").write_text(

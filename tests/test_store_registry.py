@@ -76,9 +76,11 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     model_uri = first["artifacts"]["model"]
     assert model_uri.startswith(f"{store}/models/tosguard/{first['data_hash'][:12]}-")
     stored = _verify_objects(moto, model_uri[len(f"s3://{BUCKET}/"):])
+    run_id = first["mlflow"]["run_id"]
     assert {"model.safetensors", "config.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
             "tokenizer.json", "labels.json", "thresholds.json", "tosguard.json", "classifier.safetensors",
-            "train_summary.json", "report.md", "scores.json", "MODEL_CARD.md"} <= stored
+            "train_summary.json", f"evaluations/{run_id}/report.md", f"evaluations/{run_id}/scores.json",
+            "MODEL_CARD.md"} <= stored
     card = storage.read_text(f"{model_uri}/MODEL_CARD.md")
     for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}"):
         assert fact in card, fact
@@ -121,14 +123,14 @@ def test_mlflow_outage_fails_train_clearly_with_the_model_safe_and_the_rerun_reu
 
     from tosguard.components.config import TrainConfig
     from tosguard.components.train.step import run_step as train_job
-    from tosguard.components.store import find_model, model_uri, model_version
+    from tosguard.components.store import model_key, newest_complete
     from tosguard.components.tracking import MlflowUnavailable, open_pipeline_run
 
     moto, tracking = cluster_like
     store = f"s3://{BUCKET}/outage"
     data_hash = json.loads((raw_dir / "manifest.json").read_text())["data_hash"]
     config = TrainConfig(method="lora", epochs=1, max_steps=6, batch_size=16, checkpoint_every=0).to_json()
-    uri = model_uri(store, model_version(data_hash, config))
+    key = model_key(data_hash, config)
 
     # MLflow goes away after the run was opened: nothing listens on its port any more.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -137,7 +139,8 @@ def test_mlflow_outage_fails_train_clearly_with_the_model_safe_and_the_rerun_reu
     with pytest.raises(MlflowUnavailable, match="safe in the store at s3://tosguard/outage/models/tosguard/") as err:
         train_job(str(tokenized_dir), data_hash, config, "0123456789abcdef", str(tmp_path / "failed-attempt"), store=store)
     assert "Re-run the step" in str(err.value)
-    assert find_model(uri)["steps"] == 6
+    uri, summary = newest_complete(store, key)
+    assert summary["steps"] == 6 and uri in str(err.value)
     assert "model.safetensors" in storage.list_files(uri)
 
     # MLflow is back: the re-run finds the stored model and records it without training.
@@ -149,3 +152,80 @@ def test_mlflow_outage_fails_train_clearly_with_the_model_safe_and_the_rerun_reu
     assert run.data.tags["train.reused"] == "True" and run.data.tags["model_uri"] == uri
     assert "val_macro_f1" in run.data.metrics
     assert (tmp_path / "rerun-model" / "model.safetensors").is_file()
+
+
+_TRAIN_ONE = """
+import json, sys
+from tosguard.components.train.step import run_step
+from tosguard.components.tracking import open_pipeline_run
+run_id = open_pipeline_run(sys.argv[4], {"source": "slice"})
+out = run_step(sys.argv[1], sys.argv[2], sys.argv[3], run_id, sys.argv[5], store=sys.argv[6], reuse=False)
+print("RESULT " + json.dumps({"uri": out["model_uri"], "run": run_id}), flush=True)
+"""
+
+
+def test_versions_are_immutable_and_concurrent_trainings_never_mix(cluster_like, tokenized_dir, raw_dir, tmp_path,
+                                                                    monkeypatch):
+    """Two processes train the same data and config into the same S3 store at once: each
+    gets its own version, complete and holding exactly its own files. An upload that dies
+    midway leaves no complete mark, and a complete version is never written again."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from tosguard.components.config import TrainConfig
+    from tosguard.components.store import (
+        VersionExists, model_key, model_uri, new_version, newest_complete, save_model,
+    )
+
+    store = f"s3://{BUCKET}/concurrent"
+    data_hash = json.loads((raw_dir / "manifest.json").read_text())["data_hash"]
+    config = TrainConfig(method="lora", epochs=1, max_steps=4, batch_size=16, checkpoint_every=0).to_json()
+    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_ONE, str(tokenized_dir), data_hash, config, f"run-{i}",
+                               str(tmp_path / f"out{i}"), store], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
+    uris = [r["uri"] for r in results]
+    assert uris[0] != uris[1] and all(u.startswith(model_uri(store, model_key(data_hash, config))) for u in uris)
+    for i, result in enumerate(results):
+        stored = storage.list_files(result["uri"])
+        local = {p.relative_to(tmp_path / f"out{i}").as_posix(): p for p in (tmp_path / f"out{i}").rglob("*")
+                 if p.is_file()}
+        assert set(stored) == set(local)
+        for rel, path in local.items():
+            remote = storage.read_text(storage.join(result["uri"], rel)) if rel.endswith(".json") else None
+            if remote is not None:
+                assert remote == path.read_text(), rel
+        summary = json.loads(storage.read_text(storage.join(result["uri"], "train_summary.json")))
+        assert summary["mlflow_run_id"] == result["run"]
+        digest = hashlib.sha256((tmp_path / f"out{i}" / "model.safetensors").read_bytes()).hexdigest()
+        moto_client = cluster_like[0].client()
+        key = result["uri"][len(f"s3://{BUCKET}/"):] + "/model.safetensors"
+        assert moto_client.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == digest
+    # The newest complete version is what a re-run reuses.
+    assert newest_complete(store, model_key(data_hash, config))[0] == max(uris)
+
+    # A complete version is never overwritten.
+    with pytest.raises(VersionExists):
+        save_model(str(tmp_path / "out0"), uris[0], {"steps": 0})
+    # An upload that dies midway leaves no complete mark: nobody reuses the half-copied version.
+    half = model_uri(store, new_version("feedbeefcafe-000000000000"))
+    calls = {"n": 0}
+    original = storage.upload_file
+
+    def dies_after_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError("connection lost")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "upload_file", dies_after_three)
+    with pytest.raises(OSError):
+        save_model(str(tmp_path / "out0"), half, {"steps": 4})
+    monkeypatch.setattr(storage, "upload_file", original)
+    assert storage.list_files(half) and "train_summary.json" not in storage.list_files(half)
+    assert newest_complete(store, "feedbeefcafe-000000000000") is None

@@ -119,10 +119,10 @@ import tosguard.components.train.checkpoint as c
 import tosguard.components.train.loop as t
 from tosguard.components.config import TrainConfig
 original = c.save
-def save_then_stall(path, model, optimizer, scheduler, progress):
-    original(path, model, optimizer, scheduler, progress)
-    if progress["step"] == 8:
-        print("SAVED 8", flush=True)
+def save_then_stall(uri, model, optimizer, scheduler, progress):
+    original(uri, model, optimizer, scheduler, progress)
+    if progress["step"] == int(sys.argv[5]):
+        print("SAVED", progress["step"], flush=True)
         time.sleep(120)  # the parent kills us here, mid-epoch
 c.save = save_then_stall
 config = TrainConfig.from_json(sys.argv[1])
@@ -131,42 +131,93 @@ print("FINISHED", flush=True)
 """
 
 
-def test_a_killed_training_resumes_from_its_last_checkpoint(tokenized_dir, tmp_path):
+def _checkpoints(location: str) -> list[str]:
+    from tosguard.components import storage
+
+    return [rel for rel in storage.list_files(location) if rel.endswith("checkpoint.safetensors")]
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_a_killed_training_resumes_from_its_last_checkpoint(where, tokenized_dir, tmp_path, request):
+    """Killed in its second epoch (after the first epoch's validation), re-run with the same
+    checkpoint location (a folder, or S3 as under a cluster's model store): it resumes and
+    reaches the weights of an uninterrupted run."""
     import signal
     import subprocess
     import sys
 
     from tosguard.components.train.loop import train
 
-    config = TrainConfig(method="lora", epochs=1, max_steps=16, batch_size=8, checkpoint_every=4, validation_subset=32, seed=7)
-    ckpt = tmp_path / "ckpt"
+    if where == "s3":
+        request.getfixturevalue("s3_env")
+        location, other = "s3://tosguard/ckpt-test/a", "s3://tosguard/ckpt-test/b"
+    else:
+        location, other = str(tmp_path / "ckpt"), str(tmp_path / "ckpt2")
+    config = TrainConfig(method="lora", epochs=2, max_steps=60, batch_size=8, checkpoint_every=4,
+                         validation_subset=32, seed=7)
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, config.to_json(), str(tokenized_dir), str(tmp_path / "killed"), str(ckpt)],
+        [sys.executable, "-c", _CHILD, config.to_json(), str(tokenized_dir), str(tmp_path / "killed"), location, "56"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         line = child.stdout.readline()
-        assert line.strip() == "SAVED 8", line
+        assert line.strip() == "SAVED 56", line
         child.send_signal(signal.SIGKILL)
         child.wait(30)
     finally:
         child.kill()
-    assert (ckpt / "checkpoint.pt").is_file()
+    assert len(_checkpoints(location)) == 1
     assert not (tmp_path / "killed" / "tosguard.json").exists(), "the killed run never exported"
 
-    resumed = train(str(tokenized_dir), config, str(tmp_path / "resumed"), checkpoint_dir=str(ckpt))
-    assert resumed["resumed_from_step"] == 8
-    assert resumed["steps"] == 16
-    assert not (ckpt / "checkpoint.pt").exists(), "a finished run removes its checkpoint"
+    resumed = train(str(tokenized_dir), config, str(tmp_path / "resumed"), checkpoint_dir=location)
+    assert resumed["resumed_from_step"] == 56 and resumed["steps"] == 60
+    assert not _checkpoints(location), "a finished run removes its checkpoint"
 
-    fresh = train(str(tokenized_dir), config, str(tmp_path / "fresh"), checkpoint_dir=str(tmp_path / "ckpt2"))
+    fresh = train(str(tokenized_dir), config, str(tmp_path / "fresh"), checkpoint_dir=other)
     assert fresh["resumed_from_step"] == 0
-    # Resuming restores weights, optimizer, schedule, RNG and data position: same result.
-    assert resumed["history"][0]["train_loss"] == pytest.approx(fresh["history"][0]["train_loss"], rel=1e-4)
+    # Resuming restores weights, optimizer, schedule, every RNG, the data position, the
+    # history and the best epoch's weights: the same curve and the same exported model.
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    for a, b in zip(resumed["history"], fresh["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_macro_f1"] == pytest.approx(b["val_macro_f1"], abs=1e-6)
+    assert resumed["best_epoch"] == fresh["best_epoch"]
     a, tok, _ = load_exported(str(tmp_path / "resumed"))
     b, _, _ = load_exported(str(tmp_path / "fresh"))
     ids = load_from_disk(str(tokenized_dir))["test"]["input_ids"][:32]
     assert np.abs(score_encoded(a, ids, tok.pad_token_id) - score_encoded(b, ids, tok.pad_token_id)).max() < 1e-4
+
+
+def test_checkpoints_hold_no_pickle_and_a_corrupt_one_is_skipped(tokenized_dir, tmp_path, caplog):
+    import json as _json
+    import struct
+
+    from tosguard.components.train import checkpoint
+    from tosguard.components.train.loop import train
+
+    config = TrainConfig(method="lora", epochs=1, max_steps=8, batch_size=8, checkpoint_every=4, validation_subset=32)
+    folder = tmp_path / "ckpt"
+    uri = None
+    original = checkpoint.remove
+    try:  # keep the last checkpoint to look at it
+        checkpoint.remove = lambda u: None
+        train(str(tokenized_dir), config, str(tmp_path / "a"), checkpoint_dir=str(folder))
+    finally:
+        checkpoint.remove = original
+    (path,) = folder.rglob("checkpoint.safetensors")
+    raw = path.read_bytes()
+    header_size = struct.unpack("<Q", raw[:8])[0]
+    header = _json.loads(raw[8:8 + header_size])  # a safetensors header: tensors and JSON metadata, no pickle
+    state = _json.loads(header["__metadata__"]["tosguard"])
+    assert state["step"] == 4 and state["format"] == "tosguard-checkpoint-1"
+    assert any(k.startswith("optim.") for k in header) and "rng.torch" in header
+    assert not any(tmp.name.endswith(".tmp") for tmp in folder.rglob("*")), "written atomically"
+
+    path.write_bytes(raw[: len(raw) // 2])  # truncated, as by a kill mid-copy
+    caplog.set_level("WARNING")
+    summary = train(str(tokenized_dir), config, str(tmp_path / "b"), checkpoint_dir=str(folder))
+    assert summary["resumed_from_step"] == 0 and summary["steps"] == 8
+    assert "cannot be read" in caplog.text and list(folder.rglob("*.corrupt"))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tokenized_dir):

@@ -22,7 +22,8 @@ class Overloaded(Exception):
 
 
 class Batcher:
-    def __init__(self, score_fn, window_ms: float, max_rows: int, max_queued: int = 4096, on_pass=None):
+    def __init__(self, score_fn, window_ms: float, max_rows: int, max_queued: int = 4096, on_pass=None,
+                 executor: ThreadPoolExecutor | None = None):
         self.score_fn = score_fn
         self.window = window_ms / 1000
         self.max_rows = max_rows
@@ -34,7 +35,7 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # One scoring thread: torch already spreads one pass over the cores.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tosguard-score")
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="tosguard-score")
         self.passes = 0  # scoring passes run, for tests and metrics
 
     def _start(self, loop) -> None:

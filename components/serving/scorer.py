@@ -22,6 +22,9 @@ BATCH_SIZE = int(os.environ.get("TOSGUARD_BATCH_SIZE", 64))
 # Padded tokens per forward pass: long clauses go in small batches (measured here: 1,024
 # served random 64-clause requests 2.4x faster than fixed batches of 64).
 BATCH_TOKENS = int(os.environ.get("TOSGUARD_BATCH_TOKENS", 1024))
+# Batch widths rounded up to a multiple of 8: far fewer distinct shapes for oneDNN to build
+# kernels for, and AMX-friendly tiles (measured: 423 against 375 clauses/s on a cold pass).
+PAD_MULTIPLE = 8
 
 
 def _bf16_matmul_is_native() -> bool:
@@ -52,15 +55,27 @@ class ClauseScorer:
             self.precision == "auto" and not torch.cuda.is_available() and _bf16_matmul_is_native()
         )
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
+        if use_bf16:
+            # The encoder's weights in bf16 once, rather than autocast casting them on every
+            # pass: measured 514 against 334 clauses/s in 64-clause batches here. Pooling
+            # and the head stay in fp32 (ClauseClassifier casts the hidden states up).
+            self.classifier.encoder.to(torch.bfloat16)
 
     def raw_scores(self, clauses: list[str]) -> np.ndarray:
         """(clauses, categories + 1): sigmoid scores, and a last column flagging truncation."""
         encoded = self.tokenizer(clauses, truncation=True, max_length=self.max_length, padding=False)
         ids = encoded["input_ids"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            scores = score_encoded(self.classifier, ids, self.tokenizer.pad_token_id, BATCH_SIZE, BATCH_TOKENS)
+        scores = score_encoded(self.classifier, ids, self.tokenizer.pad_token_id, BATCH_SIZE, BATCH_TOKENS, PAD_MULTIPLE)
         truncated = np.asarray([len(row) >= self.max_length for row in ids], dtype=np.float32)[:, None]
         return np.concatenate([scores.astype(np.float32), truncated], axis=1)
+
+    def warm_up(self) -> None:
+        """Score clauses of every padded width once, so the first requests do not pay for
+        building kernels."""
+        words = "we may change these terms at any time without notice to you".split()
+        clauses = [" ".join(words[i % len(words)] for i in range(n)) for n in range(4, 132, 8)]
+        for size in (1, 8, len(clauses)):
+            self.raw_scores(clauses[:size])
 
     def results(self, raw: np.ndarray) -> list[dict]:
         """raw_scores rows -> {unfair, categories, scores, truncated} per clause."""

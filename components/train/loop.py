@@ -169,7 +169,7 @@ def _validate(s: Setup) -> dict:
     return lexglue_scores(gold, predict_from_probabilities(scores, [s.config.threshold] * len(CATEGORIES)))
 
 
-def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool, ckpt_path: Path, mlflow, bar) -> None:
+def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool, ckpt_uri: str, mlflow, bar) -> None:
     """One epoch (or its rest after a resume) of optimizer steps; checkpoints on the way."""
     config = s.config
     skip = p.batch if resuming else 0  # batches this epoch did before the kill
@@ -206,7 +206,7 @@ def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool
             mlflow.log_metric("train_loss", p.running / p.seen, step=p.step)
         if config.checkpoint_every and p.step % config.checkpoint_every == 0 and p.step < s.total_steps and s.rank == 0:
             p.batch = index + 1
-            checkpoint.save(ckpt_path, s.model, s.optimizer, s.scheduler, vars(p))
+            checkpoint.save(ckpt_uri, s.model, s.optimizer, s.scheduler, vars(p))
         if p.step >= s.total_steps:
             break
 
@@ -235,8 +235,9 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
 
     config: a concrete method (not `auto`; see TrainConfig.resolved).
     mlflow: a tracking.RunLogger (live curves) or None.
-    checkpoint_dir: where to keep the resumable checkpoint (default: keyed by config and
-    data under the tosguard home). A run finding a checkpoint there continues from it.
+    checkpoint_dir: a folder or s3:// URI under which the resumable checkpoint is kept,
+    keyed by config and data (default: TOSGUARD_CHECKPOINT_DIR, else the tosguard home). A
+    run finding its checkpoint there continues from it.
     """
     from tqdm.auto import tqdm
 
@@ -253,8 +254,8 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     rng = np.random.default_rng(config.seed)
     lengths = list(s.train_ds["length"])
     fingerprint = f"{len(s.train_ds)}:{sum(lengths)}:{s.labels.sum():.0f}:{Path(tokenized_dir).name}"
-    ckpt_path = checkpoint.checkpoint_path(config, fingerprint, checkpoint_dir)
-    saved = checkpoint.restore(ckpt_path, s.model, s.optimizer, s.scheduler) if config.checkpoint_every else None
+    ckpt_uri = checkpoint.checkpoint_uri(config, fingerprint, checkpoint_dir)
+    saved = checkpoint.restore(ckpt_uri, s.model, s.optimizer, s.scheduler) if config.checkpoint_every else None
     p = Progress(**saved) if saved else Progress()
     resumed_from = p.step
     if mlflow:
@@ -270,7 +271,7 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
         if p.step >= s.total_steps:
             break
         p.epoch = epoch
-        _train_epoch(s, p, rng, bool(resumed_from) and epoch == first_epoch, ckpt_path, mlflow, bar)
+        _train_epoch(s, p, rng, bool(resumed_from) and epoch == first_epoch, ckpt_uri, mlflow, bar)
         if _end_of_epoch(s, p, mlflow):
             break
     bar.close()
@@ -286,7 +287,7 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
         s.model.cpu()
     if s.rank == 0:
         export(s.model, s.base_path, config.method, s.tokenizer, output_dir, card)
-        ckpt_path.unlink(missing_ok=True)  # finished and exported: the checkpoint has done its job
+        checkpoint.remove(ckpt_uri)  # finished and exported: the checkpoint has done its job
     if s.world > 1:
         import torch.distributed as dist
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 from tosguard.components import storage
 from tosguard.components.config import ADAPTER_DIR, CARD_FILE, COMPLETE_MARK, TrainConfig
-from tosguard.components.store import code_version, find_model, model_uri, model_version, save_model
+from tosguard.components.store import code_version, model_key, model_uri, new_version, newest_complete, save_model
 from tosguard.components.tracking import pipeline_run
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,16 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
     from tosguard.components.train.loop import train
 
     config = TrainConfig.from_json(train_config).resolved(cuda=torch.cuda.is_available())
+    # Checkpoints live under the store (S3 in a cluster), so a retried step resumes even on
+    # another node; TOSGUARD_CHECKPOINT_DIR (a mounted volume, say) overrides.
+    checkpoints = os.environ.get("TOSGUARD_CHECKPOINT_DIR") or (storage.join(store, "checkpoints") if store else None)
     started = time.time()
-    version = model_version(data_hash, config.to_json())
-    uri = model_uri(store, version)
+    key = model_key(data_hash, config.to_json())
+    found = newest_complete(store, key) if reuse else None
+    version = found[0].rsplit("/", 2)[-2] + "/" + found[0].rsplit("/", 1)[-1] if found else new_version(key)
+    uri = found[0] if found else model_uri(store, version)
     with pipeline_run(mlflow_run_id, safe=f"The trained model is safe in the store at {uri}.") as mlflow:
-        summary = find_model(uri) if reuse else None
+        summary = found[1] if found else None
         if summary:
             log.info("train: the store already holds a complete model for this data and config at %s; reusing it",
                      uri)
@@ -54,10 +60,10 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
             reused = True
         else:
             if gpus > 1:  # workers run under torchrun; their curves are recorded once they finish
-                summary = train_data_parallel(tokenized_dir, config, output_dir, gpus)
+                summary = train_data_parallel(tokenized_dir, config, output_dir, gpus, checkpoint_dir=checkpoints)
                 _log_curves(mlflow, summary)
             else:
-                summary = train(tokenized_dir, config, output_dir, mlflow=mlflow)
+                summary = train(tokenized_dir, config, output_dir, mlflow=mlflow, checkpoint_dir=checkpoints)
             summary.update({
                 "version": version, "data_hash": data_hash, "base_model": config.base_model, "method": config.method,
                 "source": source, "code_version": code_version(), "mlflow_run_id": mlflow_run_id,
