@@ -344,15 +344,8 @@ def deploy_inference_service(
     TimeoutError when it does not serve in time, with its last conditions in the message.
     """
     from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
 
-    if api_client is None:
-        try:
-            k8s_config.load_incluster_config()
-        except k8s_config.ConfigException:
-            k8s_config.load_kube_config()
-        api_client = k8s.ApiClient()
-    api = k8s.CustomObjectsApi(api_client)
+    api = k8s.CustomObjectsApi(api_client or _api_client())
     if runtime is not None:
         _apply(api, RUNTIME_VERSION, RUNTIME_PLURAL, runtime)
     action, before = _apply(api, KSERVE_VERSION, KSERVE_PLURAL, isvc)
@@ -394,6 +387,46 @@ def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str) -> st
     return state["url"]
 
 
+ALLOWLIST = f"{NAME}-deploy-allowlist"  # the ConfigMap in manifests/base/deploy-allowlist.yaml
+
+
+def check_allowlist(namespace: str, names: list[str], serving_image: str, service_account: str,
+                    api_client=None) -> None:
+    """Refuse, before anything is applied, a name, serving image or service account that
+    the namespace's allow-list ConfigMap does not hold (they are run parameters: anyone who
+    can start a run could otherwise choose any image and any identity for the predictor)."""
+    from kubernetes import client as k8s
+
+    try:
+        config_map = k8s.CoreV1Api(api_client).read_namespaced_config_map(ALLOWLIST, namespace)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            raise PermissionError(f"no ConfigMap {namespace}/{ALLOWLIST}: apply manifests/base (deploy-allowlist.yaml) "
+                                  "to say which serving images and service accounts may be deployed") from None
+        raise
+    data = config_map.data or {}
+
+    def allowed(key: str) -> set[str]:
+        return {line.strip() for line in (data.get(key) or "").splitlines() if line.strip()}
+
+    refused = [f"{what} {value!r} (allowed: {sorted(allowed(key))})" for what, key, values in (
+        ("name", "names", names), ("serving image", "serving_images", [serving_image]),
+        ("service account", "service_accounts", [service_account])) for value in values if value not in allowed(key)]
+    if refused:
+        raise PermissionError(f"not in {namespace}/{ALLOWLIST}: " + "; ".join(refused))
+
+
+def _api_client():
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
 def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
                     serving_image: str, service_account: str, ready_timeout_s: int, min_replicas: int = 1,
                     max_replicas: int = 3, concurrency_target: int = 4, expose: bool = False,
@@ -404,11 +437,13 @@ def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, serv
     if not model_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
         raise ValueError(f"KServe cannot fetch {model_uri!r}: set the pipeline's store to s3://BUCKET/PREFIX")
     started = time.time()
+    api_client = _api_client()
+    check_allowlist(namespace, [service_name, f"{service_name}-runtime"], serving_image, service_account, api_client)
     runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image, auth_secret)
     isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account,
                                    min_replicas=min_replicas, max_replicas=max_replicas,
                                    concurrency_target=concurrency_target, expose=expose)
-    result = deploy_inference_service(isvc, runtime, timeout=ready_timeout_s)
+    result = deploy_inference_service(isvc, runtime, api_client=api_client, timeout=ready_timeout_s)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}",
                          "deployed_version": model_version})

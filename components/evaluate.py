@@ -19,7 +19,7 @@ from tosguard.components.config import CARD_FILE, COMPLETE_MARK
 from tosguard.components.labels import CATEGORIES, NONE_COLUMN
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
 from tosguard.components.store import code_version, model_card
-from tosguard.components.tracking import champion, pipeline_run, register_version
+from tosguard.components.tracking import champion, log_mlflow_model, pipeline_run, register_version
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,11 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
         storage.write_text(storage.join(evaluation, "scores.json"), scored)
         if not storage.exists(storage.join(model_store_uri, "MODEL_CARD.md")):
             storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
+        # The registered version is an MLflow Model (pyfunc) of this folder; the store URI
+        # is its `store_uri` tag, which serving and tosguard.load_model read.
+        logged = log_mlflow_model(mlflow_run_id, model_dir, card["categories"])
         version = register_version(
-            model_store_uri, mlflow_run_id, promote=decision["passed"],
+            model_store_uri, mlflow_run_id, promote=decision["passed"], model_uri=logged,
             tags={"data_hash": data_hash, "test_macro_f1": round(scores["macro_f1"], 4),
                   "test_micro_f1": round(scores["micro_f1"], 4), "base_model": card["base_model"],
                   "method": card["method"], "gate_passed": decision["passed"], "code_version": info["code_version"]},

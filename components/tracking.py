@@ -203,30 +203,119 @@ def champion(name: str = REGISTERED_MODEL) -> dict | None:
         raise _unusable(exc, "reading the champion") from exc
     except Exception as exc:
         raise _unusable(exc, "reading the champion") from exc
-    return {"version": version.version, "source": version.source, "run_id": version.run_id, "tags": dict(version.tags)}
+    tags = dict(version.tags)
+    return {"version": version.version, "source": tags.get("store_uri", version.source), "model_uri": version.source,
+            "run_id": version.run_id, "tags": tags}
 
 
-def register_version(source: str, run_id: str, tags: dict, promote: bool, name: str = REGISTERED_MODEL) -> str:
-    """Add a version of `name` whose source is the model store URI; move `champion` to it
-    when `promote`. Returns the version number."""
+def register_version(store_uri: str, run_id: str, tags: dict, promote: bool, model_uri: str | None = None,
+                     name: str = REGISTERED_MODEL) -> str:
+    """Add a version of `name`: the MLflow Model at `model_uri` (logged by log_mlflow_model),
+    or without one the store folder itself; the store URI is always the tag `store_uri`.
+    Moves `champion` to it when `promote`. Returns the version number."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri())
+    tags = {**{k: str(v) for k, v in tags.items()}, "store_uri": store_uri}
     try:
         try:
             client.create_registered_model(name, description=f"{NAME}: unfair-clause classifiers (LexGLUE UNFAIR-ToS)")
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+        if model_uri:
+            mlflow = _client()
+            version = mlflow.register_model(model_uri, name, tags=tags)
+        else:
+            version = client.create_model_version(name, store_uri, run_id=run_id, tags=tags)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
     except Exception as exc:
-        raise _unusable(exc, f"registering {source}") from exc
-    log.info("registered %s version %s (source %s)%s", name, version.version, source,
+        raise _unusable(exc, f"registering {model_uri or store_uri}") from exc
+    log.info("registered %s version %s (store %s)%s", name, version.version, store_uri,
              "; champion now" if promote else "")
     return str(version.version)
+
+
+def _model_code(into) -> str:
+    """A copy of the tosguard code a pyfunc needs (the package without its data), for the
+    MLflow Model's code_paths: the model then loads where tosguard is not installed."""
+    import shutil
+    from pathlib import Path
+
+    import tosguard
+
+    package = Path(into) / "tosguard"
+    package.mkdir(parents=True)
+    shutil.copy(Path(tosguard.__file__), package / "__init__.py")
+    import tosguard.components as comp
+
+    components = Path(comp.__file__).parent
+    shutil.copytree(components, package / "components",
+                    ignore=shutil.ignore_patterns("__pycache__", "data", "*.pyc"))
+    return str(package)
+
+
+def pip_requirements() -> list[str]:
+    """What the MLflow Model needs, pinned as constraints.txt pins them (or as installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    import tosguard
+
+    needed = ["torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"]
+    pins = {}
+    constraints = Path(tosguard.__file__).resolve().parent.parent / "constraints.txt"
+    if constraints.is_file():
+        for line in constraints.read_text().splitlines():
+            name, sep, pinned = line.strip().partition("==")
+            if sep:
+                pins[name.lower()] = pinned
+    out = []
+    for name in needed:
+        pinned = pins.get(name)
+        if pinned is None:
+            try:
+                pinned = version(name).split("+")[0]
+            except PackageNotFoundError:
+                out.append(name)
+                continue
+        out.append(f"{name}=={pinned}")
+    return out
+
+
+def log_mlflow_model(run_id: str, model_dir: str, categories: list[str]) -> str:
+    """Log the model folder as an MLflow Model (pyfunc with a signature, an input example,
+    pip requirements and its code) into the run; returns its model URI."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from tosguard.components import pyfunc_model
+
+    mlflow = _client()
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "clause")]),
+        outputs=Schema([ColSpec("boolean", "unfair"), ColSpec("string", "categories")]
+                       + [ColSpec("double", c) for c in categories]),
+    )
+    example = pd.DataFrame({"clause": ["We may terminate your account at any time without notice."]})
+    try:
+        with tempfile.TemporaryDirectory(prefix="tosguard-pyfunc-") as tmp:
+            code = _model_code(tmp)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=str(Path(pyfunc_model.__file__)), artifacts={"model": model_dir},
+                    code_paths=[code], signature=signature, input_example=example,
+                    pip_requirements=pip_requirements(),
+                )
+    except Exception as exc:
+        raise _unusable(exc, "logging the MLflow Model") from exc
+    return info.model_uri
 
 
 def model_source(uri: str) -> str:
@@ -253,4 +342,13 @@ def model_source(uri: str) -> str:
         raise
     except Exception as exc:
         raise FileNotFoundError(f"{uri}: not found in the registry at {tracking_uri()} ({exc})") from exc
+    if version.tags.get("store_uri"):
+        return version.tags["store_uri"]
+    if version.source.startswith("models:/"):  # an MLflow Model without a store tag: its model artifact
+        from pathlib import Path
+
+        from tosguard.components.config import CARD_FILE
+
+        local = Path(_client().artifacts.download_artifacts(artifact_uri=version.source))
+        return str(next(local.rglob(CARD_FILE)).parent)
     return version.source

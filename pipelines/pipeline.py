@@ -44,10 +44,20 @@ _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
 _MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
+def _restricted(task):
+    """Pod Security "restricted": the images' user (1000), never root; the KFP backend adds
+    no privilege escalation, all capabilities dropped and the default seccomp profile. The
+    MLflow server's NetworkPolicy admits pods with the tosguard.io/role label."""
+    kubernetes.set_security_context(task, run_as_user=1000, run_as_group=1000, run_as_non_root=True)
+    kubernetes.add_pod_label(task, "tosguard.io/role", "pipeline")
+    return task
+
+
 def _on_cluster(task, cluster: ClusterSettings, cpu: str, memory: str, network_retries: int = 0):
     """Resources, credentials from Secrets, retries for steps that talk to the network.
     kfp.local ignores all of these; the compiled YAML carries them."""
     task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+    _restricted(task)
     kubernetes.use_secret_as_env(task, cluster.s3_secret, {k: k for k in _S3_KEYS})
     kubernetes.use_secret_as_env(task, cluster.mlflow_secret, {k: k for k in _MLFLOW_KEYS})
     if network_retries and cluster.retries:
@@ -157,6 +167,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
                         model_uri=model_uri, model_version=model_version, mlflow_run_id=run_id,
                     ).set_display_name("Deploy (local KServe ModelServer)")
                     deploy_here.set_caching_options(False)
+                    _restricted(deploy_here)
 
     return tosguard_pipeline
 

@@ -71,16 +71,31 @@ class MotoServer:
 class MlflowServer:
     """`mlflow server` on sqlite with artifacts proxied to s3://<bucket>/mlartifacts."""
 
-    def __init__(self, workdir: Path, s3: MotoServer, bucket: str):
+    def __init__(self, workdir: Path, s3: MotoServer, bucket: str, auth: tuple[str, str] | None = None,
+                 allowed_hosts: str | None = None):
+        """auth: (admin user, password) runs MLflow's basic-auth app, configured as
+        manifests/base/mlflow.yaml configures it."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **s3.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(key, None)
+        extra = []
+        if auth:
+            config = workdir / "basic_auth.ini"
+            config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                              f"database_uri = sqlite:///{workdir / 'basic_auth.db'}\n"
+                              f"admin_username = {auth[0]}\nadmin_password = {auth[1]}\n")
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-csrf-key-" + os.urandom(8).hex()
+            extra += ["--app-name", "basic-auth"]
+        if allowed_hosts:
+            extra += ["--allowed-hosts", allowed_hosts]
         self.log = open(workdir / "mlflow-server.log", "wb")
         self.proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-             "--artifacts-destination", f"s3://{bucket}/mlartifacts"],
+             "--artifacts-destination", f"s3://{bucket}/mlartifacts", *extra],
             env=env, cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         _wait(f"{self.url}/health", self.proc, "mlflow server", timeout=90)

@@ -171,3 +171,15 @@ def test_no_run_identity_comes_from_kfps_cache(tmp_path):
     params = tasks["open-run"]["inputs"]["parameters"]
     assert params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert params["kfp_run_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+
+
+def test_every_pipeline_pod_runs_restricted_and_labelled(tmp_path):
+    """Pod Security "restricted" for every task (the KFP backend adds no privilege
+    escalation, dropped capabilities and seccomp to what the spec sets), and the label the
+    MLflow server's NetworkPolicy admits."""
+    _, spec_doc, platform_doc = _compile(tmp_path)
+    executors = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec_doc["deploymentSpec"]["executors"])
+    for name, config in executors.items():
+        assert config["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, name
+        assert config["podMetadata"]["labels"]["tosguard.io/role"] == "pipeline", name

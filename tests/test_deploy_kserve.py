@@ -57,6 +57,8 @@ def _with_fake_cluster(work, mark_ready_after: float | None):
                 namespaced=True, kind="InferenceService", verbs={"get", "list", "create", "patch", "delete"})
             emulator.resources[f"{KSERVE_GROUP}/{RUNTIME_VERSION}/{RUNTIME_PLURAL}"] = kmock.ResourceInfo(
                 namespaced=True, kind="ServingRuntime", verbs={"get", "list", "create", "patch", "delete"})
+            emulator.resources["v1/configmaps"] = kmock.ResourceInfo(
+                namespaced=True, kind="ConfigMap", verbs={"get", "list", "create", "patch", "delete"})
             url = str(server.url).rstrip("/")
             assert url.startswith("http://127.0.0.1:")
             api_client = k8s.ApiClient(k8s.Configuration(host=url))
@@ -156,3 +158,35 @@ def test_a_stale_ready_does_not_pass_for_a_new_model():
     assert second["revision"] == f"{NAME}-predictor-00002"
     assert waited >= 1.1, "returned on the old revision's Ready"
     assert same["revision"] == second["revision"] and again < 1.0
+
+
+def test_images_and_service_accounts_outside_the_allowlist_are_refused():
+    """serving_image and service_account are run parameters: the deploy step checks them
+    against the namespace's allow-list ConfigMap before it applies anything."""
+    from tosguard.components.deploy import ALLOWLIST, check_allowlist
+
+    def work(api_client):
+        core = k8s.CoreV1Api(api_client)
+        with pytest.raises(PermissionError, match="no ConfigMap"):
+            check_allowlist(NS, [NAME], "registry.example/tosguard-serving:1", "tosguard-predictor", api_client)
+        core.create_namespaced_config_map(NS, {"metadata": {"name": ALLOWLIST, "namespace": NS}, "data": {
+            "names": f"{NAME}\n{NAME}-runtime\n", "serving_images": "registry.example/tosguard-serving:1\n",
+            "service_accounts": "tosguard-predictor\n"}})
+        check_allowlist(NS, [NAME, f"{NAME}-runtime"], "registry.example/tosguard-serving:1", "tosguard-predictor",
+                        api_client)
+        refused = []
+        for image, account, names in (("evil.example/miner:1", "tosguard-predictor", [NAME]),
+                                      ("registry.example/tosguard-serving:1", "cluster-admin-sa", [NAME]),
+                                      ("registry.example/tosguard-serving:1", "tosguard-predictor", ["other"])):
+            with pytest.raises(PermissionError) as err:
+                check_allowlist(NS, names, image, account, api_client)
+            refused.append(str(err.value))
+        api = k8s.CustomObjectsApi(api_client)
+        listed = api.list_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL)["items"]
+        return refused, listed
+
+    refused, listed = _with_fake_cluster(work, mark_ready_after=None)
+    assert "serving image 'evil.example/miner:1'" in refused[0]
+    assert "service account 'cluster-admin-sa'" in refused[1]
+    assert "name 'other'" in refused[2]
+    assert listed == []  # nothing was applied

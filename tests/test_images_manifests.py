@@ -24,7 +24,8 @@ def test_dockerfiles_lint_clean(dockerfile):
 
 def test_builtin_manifests_pass_strict_validation():
     builtin = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "mlflow.yaml", "s3-secret.template.yaml",
-               "mlflow-secret.template.yaml", "predictor-token.template.yaml"]
+               "mlflow-secret.template.yaml", "predictor-token.template.yaml", "deploy-allowlist.yaml",
+               "deploy-admission.yaml", "networkpolicy.yaml"]
     result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *[str(BASE / f) for f in builtin]],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -37,20 +38,86 @@ def test_secret_templates_hold_no_real_values():
     s3 = yaml.safe_load((BASE / "s3-secret.template.yaml").read_text())
     assert set(s3["stringData"].values()) == {"REPLACE_ME"}
     mlflow = yaml.safe_load((BASE / "mlflow-secret.template.yaml").read_text())
-    assert {mlflow["stringData"]["MLFLOW_TRACKING_USERNAME"], mlflow["stringData"]["MLFLOW_TRACKING_PASSWORD"]} == {
-        "REPLACE_ME"}
+    assert {mlflow["stringData"]["MLFLOW_TRACKING_USERNAME"], mlflow["stringData"]["MLFLOW_TRACKING_PASSWORD"],
+            mlflow["stringData"]["MLFLOW_FLASK_SERVER_SECRET_KEY"]} == {"REPLACE_ME"}
     token = yaml.safe_load((BASE / "predictor-token.template.yaml").read_text())
     assert token["stringData"] == {"token": "REPLACE_ME"}
 
 
-def test_deployer_may_only_manage_kserve_objects_in_its_namespace():
-    role, binding = [d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] != "ServiceAccount"]
+def _docs(name):
+    return list(yaml.safe_load_all((BASE / name).read_text()))
+
+
+def test_deployer_may_only_manage_its_two_kserve_objects_in_its_namespace():
+    role, binding = [d for d in _docs("rbac.yaml") if d["kind"] != "ServiceAccount"]
     assert role["kind"] == "Role" and role["metadata"]["namespace"] == "tosguard"  # not a ClusterRole
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["serving.kserve.io"]
-    assert set(rule["resources"]) == {"inferenceservices", "servingruntimes"}
-    assert "delete" not in rule["verbs"] and "*" not in rule["verbs"]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and not {"delete", "deletecollection", "list", "watch"} & set(rule["verbs"])
+        assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        if set(rule["verbs"]) - {"create"}:  # every verb RBAC can scope by name is scoped by name
+            assert rule.get("resourceNames"), rule
+    kserve = [r for r in role["rules"] if r["apiGroups"] == ["serving.kserve.io"]]
+    assert {res for r in kserve for res in r["resources"]} == {"inferenceservices", "servingruntimes"}
+    named = next(r for r in kserve if "patch" in r["verbs"])
+    assert set(named["resourceNames"]) == {"tosguard", "tosguard-runtime"}
+    (config_map,) = [r for r in role["rules"] if r["apiGroups"] == [""]]
+    assert config_map == {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tosguard-deploy-allowlist"],
+                          "verbs": ["get"]}
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_create_is_held_to_the_allowlist_at_admission():
+    """RBAC cannot scope `create` by name: the admission policy holds names, images and
+    service accounts to the allow-list ConfigMap, whose entries match what deploy builds."""
+    (allowlist,) = _docs("deploy-allowlist.yaml")
+    policy, binding = _docs("deploy-admission.yaml")
+    assert policy["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    assert policy["spec"]["failurePolicy"] == "Fail" and binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["paramRef"]["name"] == allowlist["metadata"]["name"]
+    assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert {r for rule in rules for r in rule["resources"]} == {"inferenceservices", "servingruntimes"}
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    for key in ("names", "serving_images", "service_accounts"):
+        assert f"params.data.{key}" in expressions and allowlist["data"][key].strip()
+    runtime = yaml.safe_load((BASE / "servingruntime.yaml").read_text())
+    isvc = yaml.safe_load((BASE / "inferenceservice.yaml").read_text())
+    assert runtime["spec"]["containers"][0]["image"] in allowlist["data"]["serving_images"].split()
+    assert isvc["spec"]["predictor"]["serviceAccountName"] in allowlist["data"]["service_accounts"].split()
+    assert {runtime["metadata"]["name"], isvc["metadata"]["name"]} <= set(allowlist["data"]["names"].split())
+
+
+def test_namespace_is_restricted_and_only_the_gateway_and_pipelines_get_in():
+    (namespace,) = _docs("namespace.yaml")
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    policies = {p["metadata"]["name"]: p for p in _docs("networkpolicy.yaml")}
+    deny = policies["default-deny-ingress"]
+    assert deny["spec"]["podSelector"] == {} and deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+    predictor = policies["predictor-from-gateway"]["spec"]
+    sources = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in predictor["ingress"][0]["from"]}
+    assert sources == {"istio-system", "knative-serving"}
+    mlflow = policies["mlflow-from-pipelines"]["spec"]
+    (peer,) = mlflow["ingress"][0]["from"]
+    assert peer["podSelector"]["matchLabels"] == {"tosguard.io/role": "pipeline"} and "namespaceSelector" in peer
+
+
+def test_mlflow_runs_restricted_with_authentication_and_allowed_hosts():
+    deployment = next(d for d in _docs("mlflow.yaml") if d["kind"] == "Deployment")
+    spec = deployment["spec"]
+    assert spec["strategy"] == {"type": "Recreate"}  # sqlite on a ReadWriteOnce volume
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    command = " ".join(container["args"])
+    assert "--app-name basic-auth" in command and "--allowed-hosts=" in command
+    assert "mlflow.tosguard.svc.cluster.local" in command.split("--allowed-hosts=")[1]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "tosguard-mlflow"
+    secret = yaml.safe_load((BASE / "mlflow-secret.template.yaml").read_text())
+    assert secret["stringData"]["MLFLOW_TRACKING_URI"].startswith("http://mlflow.tosguard.svc.cluster.local")
 
 
 def test_kserve_manifests_match_the_sdk_objects_the_deploy_step_builds():

@@ -3,6 +3,7 @@ server and an MLflow tracking server whose artifacts are proxied to that S3, bot
 here and stopped afterwards. S3 traffic of the first run goes through a proxy that injects
 errors; a later test takes MLflow away in the middle of the train step."""
 import json
+from pathlib import Path
 
 import pytest
 import requests
@@ -91,7 +92,8 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     client = MlflowClient(tracking.url)
     champion = client.get_model_version_by_alias("tosguard", "champion")
     assert champion.version == first["registry"]["version"] == "1"
-    assert champion.source == model_uri
+    # The version is an MLflow Model; the store folder is its tag.
+    assert champion.source.startswith("models:/") and champion.tags["store_uri"] == model_uri
     assert champion.tags["data_hash"] == first["data_hash"]
     assert float(champion.tags["test_macro_f1"]) == pytest.approx(first["test"]["macro_f1"], abs=1e-3)
     assert first["gate"]["passed"] is True and first["deployed"] is True
@@ -110,7 +112,7 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     assert "gate: failed" in capsys.readouterr().out
     assert client.get_model_version_by_alias("tosguard", "champion").version == "1"
     worse = client.get_model_version("tosguard", second["registry"]["version"])
-    assert worse.tags["gate_passed"] == "False" and worse.source.startswith(f"{store}/models/tosguard/")
+    assert worse.tags["gate_passed"] == "False" and worse.tags["store_uri"].startswith(f"{store}/models/tosguard/")
     # The endpoint still serves the champion.
     state = json.loads((tmp_path / "home" / "server" / "state.json").read_text())
     assert state["model_dir"] == str(storage.fetch_folder(model_uri))
@@ -229,3 +231,78 @@ def test_versions_are_immutable_and_concurrent_trainings_never_mix(cluster_like,
     monkeypatch.setattr(storage, "upload_file", original)
     assert storage.list_files(half) and "train_summary.json" not in storage.list_files(half)
     assert newest_complete(store, "feedbeefcafe-000000000000") is None
+
+
+def test_the_registered_version_is_an_mlflow_model_with_a_local_store(cluster_like, tokenized_dir, trained_model_dir,
+                                                                       tmp_path):
+    """Against an MLflow tracking server (artifacts in S3) with the default local store,
+    evaluate registers an MLflow Model (a server refuses a local folder as a version's
+    source); `mlflow.pyfunc.load_model("models:/tosguard@champion")` loads it and predicts
+    what tosguard's own scorer predicts, with the signature and requirements recorded."""
+    import shutil
+
+    import mlflow
+    import pandas as pd
+
+    from tosguard.components.evaluate import run_step
+    from tosguard.components.serving.scorer import ClauseScorer
+    from tosguard.components.tracking import open_pipeline_run
+
+    moto, tracking = cluster_like
+    store_folder = tmp_path / "home" / "store" / "models" / "tosguard" / "k" / "v1"
+    shutil.copytree(trained_model_dir, store_folder)
+    run_id = open_pipeline_run("pyfunc", {"source": "slice"})
+    out = run_step(str(tokenized_dir), str(trained_model_dir), str(store_folder), "d" * 64, run_id, 0.0, 100.0, False,
+                   "test", str(tmp_path / "scores.json"), str(tmp_path / "report.md"))
+    assert out["gate"]["passed"]
+
+    mlflow.set_tracking_uri(tracking.url)
+    model = mlflow.pyfunc.load_model("models:/tosguard@champion")
+    clauses = ["We may terminate your account at any time without notice.", "Welcome to our service."]
+    predicted = model.predict(pd.DataFrame({"clause": clauses}))
+    expected = ClauseScorer(str(trained_model_dir), "fp32").score(clauses)
+    assert list(predicted.columns[:2]) == ["unfair", "categories"]
+    for row, want in zip(predicted.to_dict("records"), expected):
+        assert json.loads(row["categories"]) == want["categories"] and row["unfair"] == want["unfair"]
+        for category, score in want["scores"].items():
+            assert row[category] == pytest.approx(score, abs=1e-5)
+    info = mlflow.models.get_model_info("models:/tosguard@champion")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["clause"]
+    assert {"unfair", "categories", "Arbitration"} <= {c["name"] for c in info.signature.outputs.to_dict()}
+    local = mlflow.artifacts.download_artifacts("models:/tosguard@champion")
+    requirements = (Path(local) / "requirements.txt").read_text()
+    assert "torch==2.13.0" in requirements and "transformers==" in requirements
+    assert (Path(local) / "code" / "tosguard" / "components" / "serving" / "scorer.py").is_file()
+    version = mlflow.MlflowClient(tracking.url).get_model_version_by_alias("tosguard", "champion")
+    assert version.tags["store_uri"] == str(store_folder)
+    # tosguard's own API reads the registry the same way.
+    import tosguard
+
+    assert tosguard.load_model("models:/tosguard@champion").score(clauses)[0]["categories"] == expected[0]["categories"]
+
+
+def test_mlflow_with_basic_auth_admits_only_the_secrets_credentials(moto, tmp_path, monkeypatch):
+    """MLflow's basic-auth app, configured as manifests/base/mlflow.yaml configures it:
+    anonymous calls are refused, tosguard's steps get in with the Secret's credentials, a
+    wrong password fails clearly, and a Host header outside the allowed list is refused."""
+    from tosguard.components.tracking import MlflowUnavailable, open_pipeline_run
+    from tests.servers import MlflowServer
+
+    server = MlflowServer(tmp_path, moto, BUCKET, auth=("tosguard-admin", "s3cret-passw0rd"),
+                          allowed_hosts="mlflow.tosguard.svc.cluster.local,127.0.0.1:*,localhost:*")
+    try:
+        anonymous = requests.get(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert anonymous.status_code == 401
+        rebinding = requests.get(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10,
+                                 auth=("tosguard-admin", "s3cret-passw0rd"), headers={"Host": "evil.example"})
+        assert rebinding.status_code in (400, 403)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tosguard-admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        with pytest.raises(MlflowUnavailable, match="opening the pipeline run"):
+            open_pipeline_run("denied", {"source": "x"})
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-passw0rd")
+        assert open_pipeline_run("admitted", {"source": "x"})
+    finally:
+        server.stop()
