@@ -111,6 +111,13 @@ class VersionExists(RuntimeError):
 def save_model(local_dir: str, uri: str, summary: dict) -> dict:
     """Copy an exported model folder to a new version in the store (every file verified),
     the complete mark last. Refuses a version that is already complete."""
+    records = upload_model_files(local_dir, uri)
+    mark_complete(uri, summary)
+    return {"uri": uri, "files": len(records), "bytes": sum(r["size"] for r in records)}
+
+
+def upload_model_files(local_dir: str, uri: str) -> list[dict]:
+    """Copy an exported model folder to a version in the store, without the complete mark."""
     if find_model(uri) is not None:
         raise VersionExists(f"{uri} already holds a complete model; a new training gets a new version")
     card = json.loads((Path(local_dir) / CARD_FILE).read_text())
@@ -118,9 +125,12 @@ def save_model(local_dir: str, uri: str, summary: dict) -> dict:
     (Path(local_dir) / "thresholds.json").write_text(
         json.dumps(dict(zip(card["categories"], card["thresholds"])), indent=2)
     )
-    records = storage.upload_folder(local_dir, uri, skip=(COMPLETE_MARK,))
+    return storage.upload_folder(local_dir, uri, skip=(COMPLETE_MARK,))
+
+
+def mark_complete(uri: str, summary: dict) -> None:
+    """Write the complete mark, last: from now on the version is complete and immutable."""
     storage.write_text(storage.join(uri, COMPLETE_MARK), json.dumps(summary, indent=2, default=str))
-    return {"uri": uri, "files": len(records), "bytes": sum(r["size"] for r in records)}
 
 
 def model_card(info: dict) -> str:

@@ -11,7 +11,7 @@ from kfp import dsl, kubernetes
 
 from tosguard.components.config import GATE_FLOOR, GATE_TOLERANCE, NAME, PRESETS, TrainConfig
 from tosguard.pipelines import steps
-from tosguard.pipelines.images import SERVING_IMAGE
+from tosguard.pipelines.images import SERVING_IMAGE, TRAINER_IMAGE
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,10 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         # pass the whole block or {"preset": NAME, ...changes}; open-run validates it once.
         train: dict = train_defaults.to_dict(),
         gpus: int = pool.count,
+        # "pod": the train task itself trains, on one GPU node; "trainjob": a Kubeflow Trainer
+        # TrainJob trains across `nodes` nodes of `gpus` GPUs each (needs an s3:// store).
+        trainer: str = "pod",
+        nodes: int = 1,
         store: str = "",
         reuse_stored_model: bool = cluster.caching,
         gate_floor: float = GATE_FLOOR,
@@ -125,23 +129,34 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         ).set_display_name("Tokenize to Arrow")
         _on_cluster(tokenize, cluster, "2", "8Gi", network_retries=2)
 
-        fit = steps.train_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash, train_config=train_config,
-            store=store, source=source, gpus=gpus, reuse_stored_model=reuse_stored_model, mlflow_run_id=run_id,
-        ).set_display_name("Fine-tune (QLoRA), keep in model store")
-        _on_cluster(fit, cluster, "8", "64Gi", network_retries=2)
-        # The GPU count is a run parameter: the pod asks for that many, and train runs one
-        # data-parallel worker per GPU.
-        fit.set_accelerator_type(pool.accelerator).set_accelerator_limit(gpus)
-        kubernetes.add_node_selector(fit, pool.node_selector_key, pool.node_selector_value)
-        kubernetes.add_toleration(
-            fit, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
-        )
+        with dsl.If(trainer == "trainjob", name="trainer-trainjob"):
+            # Kubeflow Trainer runs the workers (nodes x gpus) on the GPU pool; this task
+            # only creates the TrainJob, follows it and takes the model from the store.
+            across_nodes = steps.train_with_trainjob(
+                tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash, train_config=train_config,
+                store=store, source=source, nodes=nodes, gpus=gpus, trainer_image=TRAINER_IMAGE, namespace=namespace,
+                reuse_stored_model=reuse_stored_model, mlflow_run_id=run_id,
+            ).set_display_name("Fine-tune across nodes (Kubeflow Trainer TrainJob)")
+            _on_cluster(across_nodes, cluster, "500m", "2Gi", network_retries=2)
+        with dsl.Else():
+            fit = steps.train_model(
+                tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash, train_config=train_config,
+                store=store, source=source, gpus=gpus, reuse_stored_model=reuse_stored_model, mlflow_run_id=run_id,
+            ).set_display_name("Fine-tune (QLoRA), keep in model store")
+            _on_cluster(fit, cluster, "8", "64Gi", network_retries=2)
+            # The GPU count is a run parameter: the pod asks for that many, and train runs one
+            # data-parallel worker per GPU.
+            fit.set_accelerator_type(pool.accelerator).set_accelerator_limit(gpus)
+            kubernetes.add_node_selector(fit, pool.node_selector_key, pool.node_selector_value)
+            kubernetes.add_toleration(
+                fit, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
+            )
 
-        model_uri = fit.outputs["Output"]
+        model_uri = dsl.OneOf(across_nodes.outputs["Output"], fit.outputs["Output"])
+        trained = dsl.OneOf(across_nodes.outputs["model"], fit.outputs["model"])
 
         evaluate = steps.evaluate_model(
-            tokenized_data=tokenize.outputs["tokenized_data"], model=fit.outputs["model"], model_uri=model_uri,
+            tokenized_data=tokenize.outputs["tokenized_data"], model=trained, model_uri=model_uri,
             data_hash=data_hash, mlflow_run_id=run_id, gate_floor=gate_floor, gate_tolerance=gate_tolerance,
             deploy=deploy,
         ).set_display_name("Evaluate on LexGLUE test, gate, register")

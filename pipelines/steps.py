@@ -49,17 +49,26 @@ def train_model(tokenized_data: Input[Dataset], data_hash: str, train_config: st
     """Fine-tune (LoRA / QLoRA / full), keep the model in the store (or reuse the stored
     model for the same data and settings); returns its store URI. gpus > 1: data-parallel."""
     from tosguard.components.store import store_root
-    from tosguard.components.train.step import run_step
+    from tosguard.components.train.step import run_step, summary_outputs
 
     summary = run_step(tokenized_data.path, data_hash, train_config, mlflow_run_id, model.path,
                        store=store_root(store), source=source, gpus=gpus, reuse=reuse_stored_model)
-    model.metadata.update({k: summary[k] for k in ("method", "base_model", "best_epoch", "reused")})
-    model.metadata.update({"data_hash": data_hash, "store_uri": summary["model_uri"]})
-    for record in summary["history"]:
-        curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
-        curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
-    curves.log_metric("best_val_macro_f1", round(summary["best_val_macro_f1"], 2))
-    return summary["model_uri"]
+    return summary_outputs(summary, data_hash, model, curves)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_with_trainjob(tokenized_data: Input[Dataset], data_hash: str, train_config: str, store: str, source: str,
+                        nodes: int, gpus: int, trainer_image: str, namespace: str, reuse_stored_model: bool,
+                        mlflow_run_id: str, model: Output[Model], curves: Output[Metrics]) -> str:
+    """Train across `nodes` x `gpus` with a Kubeflow Trainer TrainJob; follow it; take the
+    model from the (s3://) store; returns its store URI."""
+    from tosguard.components.store import store_root
+    from tosguard.components.train.step import run_step, summary_outputs
+
+    summary = run_step(tokenized_data.path, data_hash, train_config, mlflow_run_id, model.path,
+                       store=store_root(store), source=source, gpus=gpus, reuse=reuse_stored_model,
+                       trainer="trainjob", nodes=nodes, trainjob_image=trainer_image, namespace=namespace)
+    return summary_outputs(summary, data_hash, model, curves)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

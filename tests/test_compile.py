@@ -61,6 +61,17 @@ def _tasks(spec_doc):
     return found
 
 
+def _producer(task, parameter) -> str:
+    """The task an input parameter comes from, also inside condition branches (where KFP
+    passes it in as a `pipelinechannel--<task>-<output>` component input)."""
+    source = task["inputs"]["parameters"][parameter]
+    if "taskOutputParameter" in source:
+        return source["taskOutputParameter"]["producerTask"] + "/" + source["taskOutputParameter"]["outputParameterKey"]
+    channel = source["componentInputParameter"]
+    assert channel.startswith("pipelinechannel--"), channel
+    return channel[len("pipelinechannel--"):]
+
+
 def test_every_task_is_named_resourced_credentialed_and_cached_safely(tmp_path):
     _, spec_doc, platform_doc = _compile(tmp_path)
     tasks = _tasks(spec_doc)
@@ -72,9 +83,9 @@ def test_every_task_is_named_resourced_credentialed_and_cached_safely(tmp_path):
     # Download is never cached; the steps after it take the data hash as an input. Evaluate
     # (the gate reads the current champion) is never cached either.
     assert tasks["download-data"]["cachingOptions"] == {} and tasks["evaluate-model"]["cachingOptions"] == {}
-    for name in ("tokenize-data", "train-model", "evaluate-model"):
-        assert tasks[name]["inputs"]["parameters"]["data_hash"]["taskOutputParameter"]["producerTask"] == "download-data"
-    for name in ("tokenize-data", "train-model"):
+    for name in ("tokenize-data", "train-model", "train-with-trainjob", "evaluate-model"):
+        assert _producer(tasks[name], "data_hash") in ("download-data/Output", "download-data-Output"), name
+    for name in ("tokenize-data", "train-model", "train-with-trainjob"):
         assert tasks[name]["cachingOptions"]["enableCache"] is True
     # Deploy sits under the gate: the evaluate step's decision, as a dsl.If condition.
     conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in tasks.values()]
@@ -165,8 +176,7 @@ def test_no_run_identity_comes_from_kfps_cache(tmp_path):
     for name, task in tasks.items():
         if name in identifying or name == "open-run" or name.startswith("condition"):
             continue
-        source = task["inputs"]["parameters"]["mlflow_run_id"]["taskOutputParameter"]
-        assert source == {"producerTask": "open-run", "outputParameterKey": "mlflow_run_id"}, name
+        assert _producer(task, "mlflow_run_id") in ("open-run/mlflow_run_id", "open-run-mlflow_run_id"), name
     # open-run tags the MLflow run with the KFP run's id and name (filled in by KFP).
     params = tasks["open-run"]["inputs"]["parameters"]
     assert params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
@@ -183,3 +193,19 @@ def test_every_pipeline_pod_runs_restricted_and_labelled(tmp_path):
     for name, config in executors.items():
         assert config["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, name
         assert config["podMetadata"]["labels"]["tosguard.io/role"] == "pipeline", name
+
+
+def test_training_across_nodes_is_a_branch_that_hands_the_same_outputs_on(tmp_path):
+    """trainer=trainjob runs the Kubeflow Trainer task (no GPU of its own: the TrainJob's
+    nodes have them), trainer=pod the GPU task; evaluate takes whichever ran (dsl.OneOf)."""
+    _, spec_doc, platform_doc = _compile(tmp_path)
+    params = spec_doc["root"]["inputDefinitions"]["parameters"]
+    assert params["trainer"]["defaultValue"] == "pod" and params["nodes"]["defaultValue"] == 1
+    tasks = _tasks(spec_doc)
+    conditions = {t.get("triggerPolicy", {}).get("condition", "") for t in tasks.values()}
+    assert any("trainjob" in c for c in conditions), conditions
+    executors = spec_doc["deploymentSpec"]["executors"]
+    assert "accelerator" not in executors["exec-train-with-trainjob"]["container"].get("resources", {})
+    assert set(tasks["train-with-trainjob"]["inputs"]["parameters"]) >= {"nodes", "gpus", "trainer_image", "store"}
+    evaluate = tasks["evaluate-model"]["inputs"]
+    assert "model" in evaluate["artifacts"] and "model_uri" in evaluate["parameters"]

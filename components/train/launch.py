@@ -18,6 +18,7 @@ from tosguard.components.config import TrainConfig
 
 log = logging.getLogger(__name__)
 WORKER_MODULE = "tosguard.components.train.launch"
+RESULT_FILE = "train_result.json"  # the training summary rank 0 uploads next to the model
 
 
 def train_data_parallel(tokenized_dir: str, config: TrainConfig, output_dir: str, processes: int,
@@ -60,13 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="TrainConfig as JSON (a concrete method)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--summary", required=True, help="where rank 0 writes the summary JSON")
-    parser.add_argument("--checkpoint-dir")
+    parser.add_argument("--checkpoint-dir", help="folder or s3:// URI for resumable checkpoints")
+    parser.add_argument("--upload", metavar="URI", help="rank 0 copies the model there (without the complete mark) "
+                                                        f"with {RESULT_FILE}: how a TrainJob hands its model back")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    summary = train(args.tokenized, TrainConfig.from_json(args.config), args.output, checkpoint_dir=args.checkpoint_dir)
+    tokenized = args.tokenized
+    if tokenized.startswith("s3://"):  # each node fetches the tokenized data from the store
+        from tosguard.components.storage import fetch_folder
+
+        tokenized = str(fetch_folder(tokenized))
+    summary = train(tokenized, TrainConfig.from_json(args.config), args.output, checkpoint_dir=args.checkpoint_dir)
     rank, world, _ = distributed()
     if rank == 0:
         Path(args.summary).write_text(json.dumps(summary, default=str))
+        if args.upload:
+            from tosguard.components import storage
+            from tosguard.components.store import upload_model_files
+
+            upload_model_files(args.output, args.upload)
+            storage.write_text(storage.join(args.upload, RESULT_FILE), json.dumps(summary, default=str))
     if world > 1:
         import torch.distributed as dist
 

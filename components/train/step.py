@@ -15,7 +15,9 @@ from pathlib import Path
 
 from tosguard.components import storage
 from tosguard.components.config import ADAPTER_DIR, CARD_FILE, COMPLETE_MARK, TrainConfig
-from tosguard.components.store import code_version, model_key, model_uri, new_version, newest_complete, save_model
+from tosguard.components.store import (
+    code_version, mark_complete, model_key, model_uri, new_version, newest_complete, save_model,
+)
 from tosguard.components.tracking import pipeline_run
 
 log = logging.getLogger(__name__)
@@ -29,26 +31,59 @@ def _log_curves(mlflow, summary: dict) -> None:
     mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"]})
 
 
+def _train_with_trainjob(tokenized_dir: str, key: str, config: TrainConfig, uri: str, store: str, checkpoints: str,
+                         nodes: int, gpus: int, image: str, namespace: str, output_dir: str) -> dict:
+    """Kubeflow Trainer: the nodes read the tokenized data from the store, rank 0 uploads
+    the model to `uri`; the model is then fetched into output_dir. Returns the summary."""
+    from tosguard.components.train.launch import RESULT_FILE
+    from tosguard.components.train.trainjob import build_train_job, job_name, run_train_job
+
+    if not storage.is_s3(store):
+        raise ValueError("training as a TrainJob needs an s3:// store: its nodes read the data from it and "
+                         "write checkpoints and the model to it")
+    tokenized = storage.join(store, "tokenized", key)
+    if not storage.exists(storage.join(tokenized, ".complete")):
+        storage.upload_folder(tokenized_dir, tokenized)
+        storage.write_text(storage.join(tokenized, ".complete"), key)
+    worker_args = ["--tokenized", tokenized, "--config", config.to_json(), "--output", "/tmp/tosguard-model",
+                   "--summary", "/tmp/tosguard-train-summary.json", "--checkpoint-dir", checkpoints, "--upload", uri]
+    job = build_train_job(job_name(uri), namespace, image, nodes, max(gpus, 1), worker_args, gpus_per_node=gpus)
+    run_train_job(job)
+    storage.download_folder(uri, output_dir)
+    return json.loads(storage.read_text(storage.join(uri, RESULT_FILE)))
+
+
 def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_id: str, output_dir: str,
-             store: str = "", source: str = "", gpus: int = 1, reuse: bool = True) -> dict:
+             store: str = "", source: str = "", gpus: int = 1, reuse: bool = True, trainer: str = "pod",
+             nodes: int = 1, trainjob_image: str = "", namespace: str = "tosguard") -> dict:
     """Train (or reuse) and store the model; returns the summary with `model_uri` and `reused`.
 
     train_config: the validated settings (JSON) open-run handed on; `auto` resolves here.
     reuse=False trains afresh even when the store holds this model (a forced fresh run).
+    trainer: "pod" trains in this process (data-parallel over `gpus` under torchrun when
+    gpus > 1); "trainjob" runs a Kubeflow Trainer TrainJob of `nodes` x `gpus` workers.
     """
     import torch
 
     from tosguard.components.train.launch import train_data_parallel
     from tosguard.components.train.loop import train
 
-    config = TrainConfig.from_json(train_config).resolved(cuda=torch.cuda.is_available())
+    if trainer not in ("pod", "trainjob"):
+        raise ValueError(f"trainer must be 'pod' or 'trainjob' (got {trainer!r})")
+    cuda = gpus > 0 if trainer == "trainjob" else torch.cuda.is_available()
+    config = TrainConfig.from_json(train_config).resolved(cuda=cuda)
     # Checkpoints live under the store (S3 in a cluster), so a retried step resumes even on
     # another node; TOSGUARD_CHECKPOINT_DIR (a mounted volume, say) overrides.
     checkpoints = os.environ.get("TOSGUARD_CHECKPOINT_DIR") or (storage.join(store, "checkpoints") if store else None)
     started = time.time()
     key = model_key(data_hash, config.to_json())
     found = newest_complete(store, key) if reuse else None
-    version = found[0].rsplit("/", 2)[-2] + "/" + found[0].rsplit("/", 1)[-1] if found else new_version(key)
+    if found:
+        version = found[0].rsplit("/", 2)[-2] + "/" + found[0].rsplit("/", 1)[-1]
+    elif trainer == "trainjob":  # one version per pipeline run: a retried step follows the same TrainJob
+        version = f"{key}/run-{mlflow_run_id}"
+    else:
+        version = new_version(key)
     uri = found[0] if found else model_uri(store, version)
     with pipeline_run(mlflow_run_id, safe=f"The trained model is safe in the store at {uri}.") as mlflow:
         summary = found[1] if found else None
@@ -59,7 +94,11 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
             _log_curves(mlflow, summary)
             reused = True
         else:
-            if gpus > 1:  # workers run under torchrun; their curves are recorded once they finish
+            if trainer == "trainjob":
+                summary = _train_with_trainjob(tokenized_dir, key, config, uri, store, checkpoints, nodes, gpus,
+                                               trainjob_image, namespace, output_dir)
+                _log_curves(mlflow, summary)
+            elif gpus > 1:  # workers run under torchrun; their curves are recorded once they finish
                 summary = train_data_parallel(tokenized_dir, config, output_dir, gpus, checkpoint_dir=checkpoints)
                 _log_curves(mlflow, summary)
             else:
@@ -69,9 +108,13 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
                 "source": source, "code_version": code_version(), "mlflow_run_id": mlflow_run_id,
                 "config": config.to_dict(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
-            stored = save_model(output_dir, uri, summary)
+            if trainer == "trainjob":  # the workers uploaded the files; the mark goes last
+                mark_complete(uri, summary)
+            else:
+                stored = save_model(output_dir, uri, summary)
+                log.info("train: model stored at %s (%d files, %.1f MiB)", uri, stored["files"],
+                         stored["bytes"] / 2**20)
             (Path(output_dir) / COMPLETE_MARK).write_text(json.dumps(summary, indent=2, default=str))
-            log.info("train: model stored at %s (%d files, %.1f MiB)", uri, stored["files"], stored["bytes"] / 2**20)
             reused = False
         mlflow.set_tags({"model_uri": uri, "model_store_version": version, "train.reused": reused,
                          "train.method_used": config.method})
@@ -81,3 +124,15 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
         mlflow.log_dict(summary, "model/train_summary.json")
         mlflow.log_metric("step_seconds.train", time.time() - started)
     return {**summary, "model_uri": uri, "reused": reused}
+
+
+def summary_outputs(summary: dict, data_hash: str, model, curves) -> str:
+    """What the KFP train tasks show: the model artifact's metadata and the validation curve
+    as Metrics on the run page; returns the model's store URI."""
+    model.metadata.update({k: summary[k] for k in ("method", "base_model", "best_epoch", "reused")})
+    model.metadata.update({"data_hash": data_hash, "store_uri": summary["model_uri"]})
+    for record in summary["history"]:
+        curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
+        curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
+    curves.log_metric("best_val_macro_f1", round(summary["best_val_macro_f1"], 2))
+    return summary["model_uri"]
