@@ -39,16 +39,23 @@ def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, devi
         else:
             ids, mask = pad_batch(rows, pad_id)
         target = torch.from_numpy(labels[batch]).to(device)
-        loss = loss_fn(model(ids.to(device), mask.to(device)), target)
+        # As the training loop does: bf16 autocast on CUDA, fp32 on a CPU.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(ids.to(device), mask.to(device))
+        loss = loss_fn(logits.float(), target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if not timed:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             timed, started = True, time.perf_counter()
             continue
         samples += len(batch)
         real_tokens += int(sum(len(r) for r in rows))
         padded_tokens += int(ids.numel())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return {
         "samples_per_s": samples / seconds,
@@ -60,6 +67,22 @@ def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, devi
     }
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s), for MFU.
+PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}
+
+
+def train_flops_per_token(config, method: str, width: float) -> float:
+    """Training FLOPs per (padded) token: 2N forward over the encoder's N non-embedding
+    weights, backward 4N for full fine-tuning (activation and weight gradients) or 2N with
+    frozen LoRA/QLoRA bases (activation gradients only), plus attention's score and value
+    products (4 x width x hidden per layer forward)."""
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    n = layers * (4 * d * d + 2 * d * f)
+    attention = layers * 4 * width * d
+    forward = 2 * n + attention
+    return forward * (3 if method == "full" else 2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per loader")
@@ -67,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
     parser.add_argument("--base-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU "
+                                                          "(default: from the CUDA device name)")
     args = parser.parse_args(argv)
 
     from datasets import load_from_disk
@@ -102,12 +127,23 @@ def main(argv=None) -> int:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
         results[name] = _run(model, optimizer, batches, input_ids, labels, 0, width, device)
         r = results[name]
+        width = r["padded_tokens_per_s"] / r["samples_per_s"]
+        flops = train_flops_per_token(model.encoder.config, args.method, width) * r["padded_tokens_per_s"]
+        r["achieved_tflops"] = flops / 1e12
+        peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
+                                         if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
+        r["mfu"] = r["achieved_tflops"] / peak if peak else None
+        r["step_ms"] = 1000 * r["seconds"] / max(1, r["samples"] // args.batch_size)
+        mfu = f"MFU {100 * r['mfu']:.1f}% of {peak:.0f}" if r["mfu"] is not None else "MFU n/a (no peak for this device)"
         print(f"{name:12s} {r['samples_per_s']:7.1f} samples/s  {r['tokens_per_s']:8.0f} tokens/s  "
-              f"padding {100 * r['padding_share']:4.1f}%  ({r['samples']} samples in {r['seconds']:.1f} s)", flush=True)
+              f"padding {100 * r['padding_share']:4.1f}%  step {r['step_ms']:.1f} ms  "
+              f"{r['achieved_tflops']:.2f} TFLOP/s  {mfu}  ({r['samples']} samples in {r['seconds']:.1f} s)",
+              flush=True)
     speedup = results["tosguard"]["samples_per_s"] / results["seed_recipe"]["samples_per_s"]
     print(f"speedup (samples/s): {speedup:.2f}x")
     summary = {
-        "device": str(device), "threads": torch.get_num_threads(), "method": args.method,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "method": args.method,
         "base_model": args.base_model, "batch_size": args.batch_size, "timed_steps": args.steps,
         "mean_train_tokens": float(np.mean(lengths)), **results, "speedup": speedup,
     }
