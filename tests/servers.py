@@ -209,3 +209,31 @@ def serve_folder(root, tls=None):
         scheme = "https"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
+
+
+def emulated_cluster(resources: dict[str, str], work, controller=None):
+    """Run work(api_client) in a thread against a kmock Kubernetes API emulator on
+    127.0.0.1 that serves the namespaced `resources` ({"group/version/plural": kind});
+    `controller(api_client, stop)` may play an operator in a second thread."""
+    import asyncio
+
+    import kmock
+    from kubernetes import client as k8s
+
+    async def main():
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+            for path, kind in resources.items():
+                emulator.resources[path] = kmock.ResourceInfo(
+                    namespaced=True, kind=kind, verbs={"get", "list", "create", "patch", "delete"})
+            url = str(server.url).rstrip("/")
+            assert url.startswith("http://127.0.0.1:")
+            api_client = k8s.ApiClient(k8s.Configuration(host=url))
+            stop = threading.Event()
+            if controller:
+                threading.Thread(target=controller, args=(api_client, stop), daemon=True).start()
+            try:
+                return await asyncio.to_thread(work, api_client)
+            finally:
+                stop.set()
+
+    return asyncio.run(main())

@@ -1,10 +1,7 @@
 """The cluster deploy: an InferenceService built with the kserve SDK, created or patched
 through the Kubernetes API (a kmock fake API server on 127.0.0.1), waited on until Ready."""
-import asyncio
-import threading
 import time
 
-import kmock
 import pytest
 from kubernetes import client as k8s
 
@@ -12,6 +9,8 @@ from tosguard.components.deploy import (
     KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION, RUNTIME_PLURAL, RUNTIME_VERSION, build_inference_service,
     build_serving_runtime, deploy_inference_service,
 )
+
+from tests.servers import emulated_cluster
 
 NS, NAME = "tosguard", "tosguard"
 
@@ -51,60 +50,41 @@ def _with_fake_cluster(work, mark_ready_after: float | None):
     """Run work(api_client) in a thread against a kmock Kubernetes emulator; optionally a
     second thread plays the KServe controller and marks the service Ready."""
 
-    async def main():
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
-            emulator.resources[f"{KSERVE_GROUP}/{KSERVE_VERSION}/{KSERVE_PLURAL}"] = kmock.ResourceInfo(
-                namespaced=True, kind="InferenceService", verbs={"get", "list", "create", "patch", "delete"})
-            emulator.resources[f"{KSERVE_GROUP}/{RUNTIME_VERSION}/{RUNTIME_PLURAL}"] = kmock.ResourceInfo(
-                namespaced=True, kind="ServingRuntime", verbs={"get", "list", "create", "patch", "delete"})
-            emulator.resources["v1/configmaps"] = kmock.ResourceInfo(
-                namespaced=True, kind="ConfigMap", verbs={"get", "list", "create", "patch", "delete"})
-            url = str(server.url).rstrip("/")
-            assert url.startswith("http://127.0.0.1:")
-            api_client = k8s.ApiClient(k8s.Configuration(host=url))
-            stop = threading.Event()
-
-            def controller():
-                """Plays KServe: for every new spec (storageUri), a new revision is created
-                after `mark_ready_after` s and becomes ready `mark_ready_after` s later; the
-                old revision stays Ready meanwhile (the stale Ready a deploy must not trust)."""
-                api = k8s.CustomObjectsApi(api_client)
-                served, revision = None, 0
-                while not stop.is_set():
-                    try:
-                        obj = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
-                    except k8s.ApiException:
-                        time.sleep(0.05)
-                        continue
-                    uri = obj["spec"]["predictor"]["model"]["storageUri"]
-                    if uri == served:
-                        time.sleep(0.05)
-                        continue
-                    served, revision = uri, revision + 1
-                    old = obj.get("status") or {}
-                    old_ready = ((old.get("components") or {}).get("predictor") or {}).get("latestReadyRevision")
-                    name = f"{NAME}-predictor-{revision:05d}"
-                    time.sleep(mark_ready_after)
-                    api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
-                        "status": {"components": {"predictor": {"latestCreatedRevision": name,
-                                                                "latestReadyRevision": old_ready}}}})
-                    time.sleep(mark_ready_after)
-                    api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
-                        "status": {"url": f"http://{NAME}.{NS}.example.com",
-                                   "conditions": [{"type": "Ready", "status": "True"}],
-                                   "components": {"predictor": {"latestCreatedRevision": name,
-                                                                "latestReadyRevision": name}}}})
-
-            helper = None
-            if mark_ready_after is not None:
-                helper = threading.Thread(target=controller, daemon=True)
-                helper.start()
+    def controller(api_client, stop):
+        """Plays KServe: for every new spec (storageUri), a new revision is created
+        after `mark_ready_after` s and becomes ready `mark_ready_after` s later; the
+        old revision stays Ready meanwhile (the stale Ready a deploy must not trust)."""
+        api = k8s.CustomObjectsApi(api_client)
+        served, revision = None, 0
+        while not stop.is_set():
             try:
-                return await asyncio.to_thread(work, api_client)
-            finally:
-                stop.set()
+                obj = api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME)
+            except k8s.ApiException:
+                time.sleep(0.05)
+                continue
+            uri = obj["spec"]["predictor"]["model"]["storageUri"]
+            if uri == served:
+                time.sleep(0.05)
+                continue
+            served, revision = uri, revision + 1
+            old = obj.get("status") or {}
+            old_ready = ((old.get("components") or {}).get("predictor") or {}).get("latestReadyRevision")
+            name = f"{NAME}-predictor-{revision:05d}"
+            time.sleep(mark_ready_after)
+            api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
+                "status": {"components": {"predictor": {"latestCreatedRevision": name,
+                                                        "latestReadyRevision": old_ready}}}})
+            time.sleep(mark_ready_after)
+            api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, NS, KSERVE_PLURAL, NAME, {
+                "status": {"url": f"http://{NAME}.{NS}.example.com",
+                           "conditions": [{"type": "Ready", "status": "True"}],
+                           "components": {"predictor": {"latestCreatedRevision": name,
+                                                        "latestReadyRevision": name}}}})
 
-    return asyncio.run(main())
+    return emulated_cluster({f"{KSERVE_GROUP}/{KSERVE_VERSION}/{KSERVE_PLURAL}": "InferenceService",
+                             f"{KSERVE_GROUP}/{RUNTIME_VERSION}/{RUNTIME_PLURAL}": "ServingRuntime",
+                             "v1/configmaps": "ConfigMap"},
+                            work, controller if mark_ready_after is not None else None)
 
 
 def test_create_then_patch_is_idempotent_and_waits_for_ready():

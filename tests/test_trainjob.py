@@ -2,21 +2,19 @@
 on 127.0.0.1 (kmock), and torchrun as two nodes on this machine (gloo)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
-import kmock
 import numpy as np
 import pytest
 import yaml
 from kubernetes import client as k8s
 
 from tests.conftest import free_port
+from tests.servers import emulated_cluster
 from tosguard.components import storage
 from tosguard.components.config import TrainConfig
 from tosguard.components.train.trainjob import GROUP, PLURAL, VERSION, build_train_job, job_name, run_train_job
@@ -28,22 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _with_trainer(work, controller=None):
     """Run work(api_client) against an emulated API that serves TrainJobs; `controller`
     (api_client, stop) plays Kubeflow Trainer in a thread."""
-
-    async def main():
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
-            emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = kmock.ResourceInfo(
-                namespaced=True, kind="TrainJob", verbs={"get", "list", "create", "patch", "delete"})
-            api_client = k8s.ApiClient(k8s.Configuration(host=str(server.url).rstrip("/")))
-            stop = threading.Event()
-            helper = threading.Thread(target=controller, args=(api_client, stop), daemon=True) if controller else None
-            if helper:
-                helper.start()
-            try:
-                return await asyncio.to_thread(work, api_client)
-            finally:
-                stop.set()
-
-    return asyncio.run(main())
+    return emulated_cluster({f"{GROUP}/{VERSION}/{PLURAL}": "TrainJob"}, work, controller)
 
 
 def _trainer_playing(outcome: str, delay: float = 0.3, on_start=None):
