@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 from tosguard.components.config import GATE_TOLERANCE, METHODS, NAME, PRESET_GATE_FLOORS, PRESETS, TrainConfig
+from tosguard.components.labels import CATEGORIES
+
+CATEGORIES_INDEX = {name: i for i, name in enumerate(CATEGORIES)}
 
 log = logging.getLogger(NAME)
 # `tosguard run` flags that set training settings: flag dest -> TrainConfig field.
@@ -135,31 +138,123 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-def _cmd_predict(args) -> int:
-    import requests
+def _scorer(args):
+    """Score in-process with --model (default: the registry's champion), or ask --url."""
+    if args.url:
+        return _RemoteScorer(args.url)
+    import tosguard
 
-    from tosguard.components.deploy import read_state
-
-    url = args.url
-    if not url:
-        state = read_state()
-        if not state:
-            raise SystemExit("tosguard predict: no local server is running; start one with `tosguard serve`")
-        url = state["url"]
     try:
-        response = requests.post(f"{url}/v1/models/{NAME}:predict", json={"instances": args.text}, timeout=60)
-    except requests.RequestException as exc:
-        raise SystemExit(f"tosguard predict: cannot reach {url}: {exc}")
-    if response.status_code != 200:
-        raise SystemExit(f"tosguard predict: HTTP {response.status_code}: {response.text}")
-    body = response.json()
+        return tosguard.load_model(args.model or tosguard.DEFAULT_MODEL)
+    except FileNotFoundError as exc:
+        if args.model:
+            raise
+        raise FileNotFoundError(f"{exc}. Train one with `tosguard run`, or pass --model DIR|URI or --url URL") from None
+
+
+class _RemoteScorer:
+    """The same two calls as tosguard.ClauseScorer, over a running server's V1 protocol."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def _post(self, body: dict) -> dict:
+        import requests
+
+        try:
+            response = requests.post(f"{self.url}/v1/models/{NAME}:predict", json=body, timeout=300)
+        except requests.RequestException as exc:
+            raise SystemExit(f"tosguard: cannot reach {self.url}: {exc}")
+        if response.status_code != 200:
+            raise SystemExit(f"tosguard: HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def score(self, clauses: list[str]) -> list[dict]:
+        return self._post({"instances": clauses})["predictions"]
+
+    def analyze(self, document: str) -> dict:
+        return self._post({"document": document})["document"]
+
+
+def _clauses_from(args) -> list[str]:
+    """predict's clauses: the arguments, or one clause per line of --file (or stdin, '-')."""
+    clauses = list(args.text or [])
+    if args.file:
+        from tosguard.components.documents import read_document
+
+        text, _ = read_document(args.file)
+        clauses += [line.strip() for line in text.splitlines() if line.strip()]
+    if not clauses:
+        raise ValueError("give clauses as arguments, or --file PATH (one clause per line; '-' for stdin)")
+    return clauses
+
+
+def _cmd_predict(args) -> int:
+    clauses = _clauses_from(args)
+    results = _scorer(args).score(clauses)
     if args.json:
-        print(json.dumps(body, indent=2))
+        print(json.dumps({"predictions": results}, indent=2))
         return 0
-    for text, result in zip(args.text, body["predictions"]):
+    for text, result in zip(clauses, results):
         verdict = ", ".join(result["categories"]) if result["unfair"] else "no unfair category"
         top = max(result["scores"].items(), key=lambda kv: kv[1])
         print(f"{verdict}  (top: {top[0]} {top[1]:.2f})  <- {text[:80]}")
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from tosguard.components.documents import read_document
+    from tosguard.components.report import html_page, table
+
+    document, name = read_document(args.source)
+    scorer = _scorer(args)
+    report = scorer.analyze(document)
+    model = args.url or args.model or "models:/tosguard@champion"
+    print(table(report, name))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"source": name, "model": model, **report}, indent=2))
+        print(f"json: {Path(args.json).resolve()}")
+    if args.html:
+        Path(args.html).write_text(html_page(document, report, name, model), encoding="utf-8")
+        print(f"html: {Path(args.html).resolve()}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    """The LexGLUE 8+1 metric on labelled files: clauses JSONL, or documents with gold
+    sentence offsets (scored on the gold sentences and, through the splitter, as whole
+    documents with each gold sentence taking the categories of the clauses that overlap it)."""
+    import numpy as np
+
+    from tosguard.components.documents import read_labelled
+    from tosguard.components.labels import multi_hot
+    from tosguard.components.metrics import lexglue_scores
+
+    scorer = _scorer(args)
+    gold, sentence_mode, document_mode = [], [], []
+    for path in args.files:
+        data = read_labelled(path)
+        gold += [multi_hot(l) for l in data["labels"]]
+        sentence_mode += [multi_hot([CATEGORIES_INDEX[c] for c in r["categories"]]) for r in scorer.score(data["clauses"])]
+        if data["kind"] == "document":
+            report = scorer.analyze(data["text"])
+            for start, end in data["spans"]:
+                found = {c for f in report["flagged"] if f["start"] < end and f["end"] > start for c in f["categories"]}
+                document_mode.append(multi_hot([CATEGORIES_INDEX[c] for c in found]))
+    out = {"files": len(args.files), "rows": len(gold),
+           "clauses": lexglue_scores(np.asarray(gold), np.asarray(sentence_mode))}
+    if document_mode:
+        if len(document_mode) != len(gold):
+            raise ValueError("mix clause files and document files in separate runs")
+        out["documents"] = lexglue_scores(np.asarray(gold), np.asarray(document_mode))
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{out['rows']} labelled clauses in {out['files']} file(s)")
+    print(f"scored as given:     micro-F1 {out['clauses']['micro_f1']:.1f}  macro-F1 {out['clauses']['macro_f1']:.1f}")
+    if "documents" in out:
+        print(f"as whole documents:  micro-F1 {out['documents']['micro_f1']:.1f}  "
+              f"macro-F1 {out['documents']['macro_f1']:.1f}  (split by tosguard, mapped to the gold sentences)")
     return 0
 
 
@@ -268,13 +363,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--status", action="store_true", help="show the running local server, if any")
     serve.set_defaults(func=_cmd_serve)
 
-    pred = sub.add_parser("predict", help="ask the served model about clauses",
-                          description="Send clauses to the served model (V1 protocol) and print the unfair "
+    def model_options(p):
+        p.add_argument("--model", metavar="DIR|URI", help="score in-process with this model: a folder, file://, "
+                       "s3://, or models:/tosguard@champion (the default)")
+        p.add_argument("--url", help="ask a running server instead (its base URL)")
+
+    pred = sub.add_parser("predict", help="score clauses: arguments, a file or stdin",
+                          description="Score clauses in-process (or through --url) and print the unfair "
                                       "categories found with their scores.")
-    pred.add_argument("text", nargs="+", help="one or more clauses")
-    pred.add_argument("--url", help="server base URL (default: the local server)")
-    pred.add_argument("--json", action="store_true", help="print the raw JSON response")
+    pred.add_argument("text", nargs="*", help="one or more clauses")
+    pred.add_argument("--file", metavar="PATH|-", help="a file of clauses, one per line ('-': stdin)")
+    model_options(pred)
+    pred.add_argument("--json", action="store_true", help="print the raw JSON")
     pred.set_defaults(func=_cmd_predict)
+
+    analyze = sub.add_parser("analyze", help="find the unfair clauses of a whole Terms of Service",
+                             description="Read a Terms of Service (.txt, .md, .html, .pdf; a path, an https URL "
+                                         "or '-' for stdin), split it into clauses, score them, print the "
+                                         "flagged ones; optionally write JSON and a self-contained HTML report.")
+    analyze.add_argument("source", metavar="PATH|URL|-")
+    model_options(analyze)
+    analyze.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
+    analyze.add_argument("--html", metavar="FILE", help="write the HTML report (one file, no external assets)")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    evaluate = sub.add_parser("eval", help="score labelled files with the LexGLUE metric",
+                              description="LexGLUE 8+1 micro/macro-F1 on clauses JSONL files ({text, labels}) or "
+                                          "on documents with gold sentence offsets (NAME.txt + NAME.labels.jsonl).")
+    evaluate.add_argument("files", nargs="+", metavar="FILE")
+    model_options(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
+    evaluate.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -283,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"tosguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

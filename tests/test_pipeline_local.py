@@ -79,9 +79,10 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     assert requests.get(f"{url}/v1/models/tosguard", timeout=5).json()["ready"] is True
 
 
-def test_predict_without_a_server_says_how_to_start_one(tosguard_home):
-    with pytest.raises(SystemExit, match="tosguard serve"):
-        main(["predict", "some clause"])
+def test_predict_without_a_model_says_how_to_get_one(tosguard_home, capsys):
+    assert main(["predict", "some clause"]) == 2
+    err = capsys.readouterr().err
+    assert "not found in the registry" in err and "tosguard run" in err and "--model" in err
 
 
 def test_bad_options_fail_before_any_work(tosguard_home, capsys):

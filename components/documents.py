@@ -1,0 +1,232 @@
+"""Documents as people have them: a Terms of Service file (.txt, .md, .html, .pdf), a URL
+or standard input, turned into the plain text that document analysis splits and scores;
+and labelled files for `tosguard eval` (clauses JSONL, or documents with gold offsets).
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+MAX_DOCUMENT_BYTES = 20 << 20  # a ToS is tens of kB; a PDF of one is at most a few MB
+
+# Elements whose text is never the document's (HTML).
+_SKIP = {"script", "style", "noscript", "template", "svg", "head", "nav", "footer", "header", "aside", "form",
+         "button", "select", "iframe"}
+# Elements that end a line of text.
+_BLOCK = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "table", "section",
+          "article", "main", "blockquote", "pre", "dd", "dt", "dl", "hr", "td", "th"}
+
+
+class _TextOfHtml(HTMLParser):
+    """The readable text of an HTML page: scripts, styles, navigation and page furniture
+    dropped, block elements on lines of their own, a <main> or <article> preferred."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.main_parts: list[str] | None = None
+        self.skipping = 0
+        self.in_main = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _SKIP:
+            self.skipping += 1
+        if tag in ("main", "article"):
+            self.in_main += 1
+            if self.main_parts is None:
+                self.main_parts = []
+        if tag in _BLOCK:
+            self._emit("\n")
+
+    def handle_endtag(self, tag):
+        if tag in _SKIP and self.skipping:
+            self.skipping -= 1
+        if tag in ("main", "article") and self.in_main:
+            self.in_main -= 1
+        if tag in _BLOCK:
+            self._emit("\n")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self._emit(data)
+
+    def _emit(self, text: str) -> None:
+        self.parts.append(text)
+        if self.in_main and self.main_parts is not None:
+            self.main_parts.append(text)
+
+    def text(self) -> str:
+        chosen = self.main_parts if self.main_parts and "".join(self.main_parts).strip() else self.parts
+        raw = "".join(chosen)
+        lines = [re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in raw.split("\n")]
+        return "\n\n".join(line for line in lines if line)
+
+
+def html_text(markup: str) -> str:
+    parser = _TextOfHtml()
+    parser.feed(markup)
+    parser.close()
+    return parser.text()
+
+
+def markdown_text(markdown: str) -> str:
+    """Markdown without its markup: headings, emphasis, links and list markers dropped."""
+    text = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)  # images
+    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # links: keep the words
+    text = re.sub(r"^\s{0,3}#{1,6}\s*", "", text, flags=re.M)  # headings
+    text = re.sub(r"(\*\*|__|\*|_|`)(\S.*?\S|\S)\1", r"\2", text)  # emphasis, code
+    text = re.sub(r"^\s*>\s?", "", text, flags=re.M)  # quotes
+    return html.unescape(text)
+
+
+def pdf_text(data: bytes) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise ValueError(f"not a readable PDF: {exc}") from None
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if not text:
+        raise ValueError("the PDF has no text layer (a scanned document needs OCR first)")
+    # Lines of a PDF page are layout, not sentences: join wrapped lines, keep blank lines.
+    return re.sub(r"(?<![.!?:;])\n(?!\n)", " ", text)
+
+
+def _kind(name: str, content_type: str = "") -> str:
+    lower = name.lower().split("?")[0]
+    for suffix, kind in ((".pdf", "pdf"), (".html", "html"), (".htm", "html"), (".md", "md"), (".markdown", "md")):
+        if lower.endswith(suffix):
+            return kind
+    if "pdf" in content_type:
+        return "pdf"
+    if "html" in content_type:
+        return "html"
+    return "txt"
+
+
+def to_text(data: bytes, name: str, content_type: str = "") -> str:
+    kind = _kind(name, content_type)
+    if kind == "pdf" or data[:5] == b"%PDF-":
+        return pdf_text(data)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    if kind == "html" or (kind == "txt" and re.match(r"\s*(<!doctype html|<html)", text[:200], re.I)):
+        return html_text(text)
+    if kind == "md":
+        return markdown_text(text)
+    return text
+
+
+def read_document(source: str) -> tuple[str, str]:
+    """(plain text, where it came from) for a path, an https:// URL or '-' (standard input)."""
+    if source == "-":
+        data = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
+        name, content_type = "stdin", ""
+    elif source.startswith(("https://", "http://")):
+        data, content_type = _fetch(source)
+        name = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{source}: no such file")
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise ValueError(f"{source}: over {MAX_DOCUMENT_BYTES >> 20} MB; a Terms of Service is far smaller")
+        data, name, content_type = path.read_bytes(), path.name, ""
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{source}: over {MAX_DOCUMENT_BYTES >> 20} MB; a Terms of Service is far smaller")
+    text = to_text(data, name, content_type)
+    if not text.strip():
+        raise ValueError(f"{source}: no text found")
+    return text, name
+
+
+def _fetch(url: str) -> tuple[bytes, str]:
+    import os
+
+    import requests
+
+    from tosguard.components.storage import redact
+
+    if not url.startswith("https://") and os.environ.get("TOSGUARD_ALLOW_HTTP") != "1":
+        raise ValueError(f"{redact(url)}: plain http is refused; use https (or set TOSGUARD_ALLOW_HTTP=1)")
+    try:
+        with requests.get(url, stream=True, timeout=(10, 60), headers={"User-Agent": "tosguard"}) as reply:
+            reply.raise_for_status()
+            chunks, size = [], 0
+            for chunk in reply.iter_content(1 << 16):
+                size += len(chunk)
+                if size > MAX_DOCUMENT_BYTES:
+                    raise ValueError(f"{redact(url)}: over {MAX_DOCUMENT_BYTES >> 20} MB")
+                chunks.append(chunk)
+            return b"".join(chunks), reply.headers.get("Content-Type", "")
+    except requests.RequestException as exc:
+        raise ValueError(f"{redact(url)}: could not fetch it: {type(exc).__name__}") from None
+
+
+# ------------------------------------------------------------------------------ labelled files
+
+
+def read_labelled(path: str) -> dict:
+    """A labelled file for `tosguard eval`: clauses JSONL ({"text", "labels"} per line), or a
+    document `<name>.txt` with gold sentences in `<name>.labels.jsonl` ({"start", "end",
+    "labels"} per line, as in the shared newer ToS set). Returns {"kind", "clauses",
+    "labels", "text" (documents), "spans" (documents)}; a bad line names file and line."""
+    file = Path(path)
+    if file.suffix == ".txt" or file.name.endswith(".labels.jsonl"):
+        stem = file.name[: -len(".labels.jsonl")] if file.name.endswith(".labels.jsonl") else file.stem
+        text_file, labels_file = file.with_name(stem + ".txt"), file.with_name(stem + ".labels.jsonl")
+        if not text_file.is_file() or not labels_file.is_file():
+            raise FileNotFoundError(f"{path}: a labelled document needs {text_file.name} and {labels_file.name}")
+        text = text_file.read_text(encoding="utf-8")
+        spans, labels = [], []
+        for number, row in _jsonl(labels_file):
+            if not (isinstance(row.get("start"), int) and isinstance(row.get("end"), int)
+                    and 0 <= row["start"] < row["end"] <= len(text)):
+                raise ValueError(f"{labels_file}:{number}: start/end must be offsets into {text_file.name}")
+            spans.append((row["start"], row["end"]))
+            labels.append(_labels(row, labels_file, number))
+        return {"kind": "document", "text": text, "spans": spans, "labels": labels,
+                "clauses": [text[s:e] for s, e in spans]}
+    clauses, labels = [], []
+    for number, row in _jsonl(file):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise ValueError(f"{file}:{number}: 'text' must be a non-empty string")
+        clauses.append(row["text"])
+        labels.append(_labels(row, file, number))
+    return {"kind": "clauses", "clauses": clauses, "labels": labels}
+
+
+def _jsonl(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object")
+        yield number, row
+
+
+def _labels(row: dict, path: Path, number: int) -> list[int]:
+    from tosguard.components.labels import NUM_CATEGORIES
+
+    labels = row.get("labels", [])
+    if not isinstance(labels, list) or any(isinstance(l, bool) or not isinstance(l, int)
+                                           or not 0 <= l < NUM_CATEGORIES for l in labels):
+        raise ValueError(f"{path}:{number}: 'labels' must be a list of category indices 0-{NUM_CATEGORIES - 1}")
+    return labels

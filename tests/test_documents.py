@@ -1,0 +1,106 @@
+"""A whole Terms of Service in: files of every kind a person has, the analysis as a table,
+JSON and a self-contained HTML page, and `tosguard eval` on labelled files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tosguard.components.documents import html_text, markdown_text, pdf_text, read_labelled, to_text
+from tosguard.pipelines.cli import main
+
+TERMS = ("Terms of Service. We may terminate your account at any time without notice. "
+         "You agree that all disputes will be resolved by binding arbitration. Thank you for reading.")
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF with a real text layer (Helvetica), written by hand."""
+    stream = f"BT /F1 11 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_html_markdown_and_pdf_become_the_text_a_person_reads():
+    page = ("<html><head><title>T</title><style>p{color:red}</style><script>var x = 'We may sell';</script></head>"
+            "<body><nav>Home | Login</nav><main><h1>Terms</h1><p>We may terminate your account &amp; data.</p>"
+            "<ul><li>First item.</li><li>Second item.</li></ul></main><footer>(c) Acme</footer></body></html>")
+    text = html_text(page)
+    assert text.splitlines()[0] == "Terms" and "We may terminate your account & data." in text
+    assert "First item." in text and "Second item." in text
+    assert not any(junk in text for junk in ("var x", "Home | Login", "color:red", "(c) Acme"))
+    assert to_text(page.encode(), "terms.html") == text
+    md = markdown_text("# Terms\n\nWe may **terminate** your [account](https://x.example) at any time.\n")
+    assert md.splitlines()[0] == "Terms" and "We may terminate your account at any time." in md
+    assert "We may terminate your account at any time." in pdf_text(_pdf("We may terminate your account at any time."))
+    with pytest.raises(ValueError, match="not a readable PDF"):
+        pdf_text(b"%PDF-1.4 garbage")
+
+
+def test_analyze_reads_every_kind_and_writes_table_json_and_a_self_contained_page(trained_model_dir, tmp_path, capsys):
+    files = {"terms.txt": TERMS.encode(), "terms.md": ("# Terms\n\n" + TERMS).encode(),
+             "terms.html": f"<html><body><main><p>{TERMS}</p></main></body></html>".encode(),
+             "terms.pdf": _pdf(TERMS)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        out_json, out_html = tmp_path / f"{name}.json", tmp_path / f"{name}.report.html"
+        assert main(["analyze", str(tmp_path / name), "--model", str(trained_model_dir), "--json", str(out_json),
+                     "--html", str(out_html)]) == 0, name
+        printed = capsys.readouterr().out
+        report = json.loads(out_json.read_text())
+        assert printed.startswith(f"{name}: {report['sentences']} clauses") and report["sentences"] >= 3
+        page = out_html.read_text()
+        assert 'id="document"' in page and "What the categories mean" in page
+        assert "<script" not in page and "src=" not in page and "stylesheet" not in page  # no external assets
+        assert page.count('class="flagged"') == len(report["flagged"])
+        for flagged in report["flagged"]:
+            assert flagged["clause"] in TERMS
+    assert main(["analyze", str(tmp_path / "missing.txt"), "--model", str(trained_model_dir)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_predict_scores_in_process_from_arguments_files_and_stdin(trained_model_dir, tmp_path, capsys, monkeypatch):
+    import io
+
+    (tmp_path / "clauses.txt").write_text("We may terminate your account at any time.\n\nWelcome!\n")
+    assert main(["predict", "--model", str(trained_model_dir), "--json", "--file", str(tmp_path / "clauses.txt"),
+                 "One more clause."]) == 0
+    predictions = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(predictions) == 3 and all(set(p) == {"unfair", "categories", "scores", "truncated"} for p in predictions)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"From standard input.\n")))
+    assert main(["predict", "--model", str(trained_model_dir), "--file", "-"]) == 0
+    assert "<- From standard input." in capsys.readouterr().out
+
+
+def test_eval_scores_labelled_clauses_and_documents(trained_model_dir, tmp_path, capsys):
+    clauses = [{"text": "We may terminate your account at any time.", "labels": [1]},
+               {"text": "Welcome to the service.", "labels": []}]
+    (tmp_path / "clauses.jsonl").write_text("".join(json.dumps(c) + "\n" for c in clauses))
+    text = " ".join(c["text"] for c in clauses)
+    (tmp_path / "Acme.txt").write_text(text)
+    spans, start = [], 0
+    for c in clauses:
+        spans.append({"start": start, "end": start + len(c["text"]), "labels": c["labels"]})
+        start += len(c["text"]) + 1
+    (tmp_path / "Acme.labels.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
+    assert read_labelled(str(tmp_path / "Acme.txt"))["clauses"] == [c["text"] for c in clauses]
+    assert main(["eval", str(tmp_path / "clauses.jsonl"), "--model", str(trained_model_dir), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["rows"] == 2 and 0 <= scores["clauses"]["macro_f1"] <= 100 and "documents" not in scores
+    assert main(["eval", str(tmp_path / "Acme.txt"), "--model", str(trained_model_dir), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) >= {"clauses", "documents"} and scores["rows"] == 2
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok", "labels": [0]}\n{"text": "x", "labels": [9]}\n')
+    assert main(["eval", str(tmp_path / "bad.jsonl"), "--model", str(trained_model_dir)]) == 2
+    assert "bad.jsonl:2: 'labels' must be a list of category indices" in capsys.readouterr().err
