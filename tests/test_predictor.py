@@ -232,6 +232,7 @@ def test_only_the_contract_is_routed(client):
     for path in ("/v2/repository/models/tosguard/unload", "/v2/repository/models/tosguard/load"):
         assert client.post(path, json={}).status_code == 404, path
     assert client.get(V1).status_code == 405 and client.get(V1).headers["allow"] == "POST"
+    assert client.head("/v2/health/ready").status_code == 200 and client.head("/v2/health/ready").content == b""
     assert client.get("/v2/health/live").json()["live"] is True
     assert client.get("/v2/models/tosguard/ready").json()["ready"] is True
     assert client.post(V1, json={"instances": ["a clause ."]}).status_code == 200  # still serving

@@ -410,3 +410,59 @@ def test_a_pathological_document_is_bounded_not_slow(server):
     report = boundless.json()["document"]
     assert report["sentences"] >= 400, "a text without sentence ends is chunked, not scored as one clause"
     assert time.time() - started < 90
+
+
+def test_what_a_hostile_review_found_stays_fixed(server):
+    """Each case broke an earlier version (a 500, a stalled event loop, a held slot)."""
+    import socket
+
+    port, url = server["port"], server["url"]
+
+    def ihcl(value: bytes):
+        head = (b"POST /v2/models/tosguard/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+                b"inference-header-content-length: " + value + b"\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        return asyncio.run(_raw(port, head))[0]
+
+    assert ihcl(b"\xb2") == 400 and ihcl(b"9" * 5000) == 400  # str.isdigit() takes '²'; int() caps at 4,300 digits
+    huge_shape = {"inputs": [{"name": "c", "datatype": "BYTES", "shape": [2**64 - 1] * 230, "data": ["x"]}]}
+    assert requests.post(url + V2, json=huge_shape, timeout=10).status_code == 400
+    # Requests that once kept the event loop busy for seconds: health must not wait for them.
+    stalling = [gzip.compress(json.dumps({"inputs": [{"name": "c", "datatype": "BYTES",
+                                                      "shape": [2**64 - 1] * 85_000 + [0], "data": []}]}).encode()),
+                gzip.compress(b'{"x": [' + b",".join([b"[]"] * 600_000) + b'], "instances": ["a clause"]}')]
+
+    async def health_while_stalled():
+        sent = [asyncio.ensure_future(_raw(port, *_request("POST", path, body, {
+            "content-type": "application/json", "content-encoding": "gzip"}))) for body, path in
+            [(stalling[0], V2), (stalling[1], V1)] * 3]
+        await asyncio.sleep(0.2)
+        t = time.perf_counter()
+        status, _, _ = await _raw(port, *_request("GET", "/v2/health/live"))
+        waited = time.perf_counter() - t
+        return status, waited, [s for s, _, _ in await asyncio.gather(*sent)]
+
+    status, waited, answers = asyncio.run(health_while_stalled())
+    assert status == 200 and waited < 3.0, waited  # was 19 s for one such request
+    assert all(s in (200, 400) for s in answers), answers
+    # Smuggling-shaped framing is refused and the connection closed; oversized headers get 431.
+    status, headers, _ = asyncio.run(_raw(port, b"POST /v1/models/tosguard:predict HTTP/1.1\r\nhost: x\r\n"
+                                             b"content-type: application/json\r\ncontent-length: 99999\r\n"
+                                             b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"))
+    assert status == 400 and headers.get("connection") == "close"
+    big = b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\nconnection: close\r\n\r\n"
+    # Refused: 431/400 when the answer is read before the connection closes; a client still
+    # sending when the server closes on unread bytes may see a reset instead (TCP).
+    assert asyncio.run(_raw(port, big))[0] in (0, 400, 431)
+    assert asyncio.run(_raw(port, b"GET http://127.0.0.1/v2/health/ready HTTP/1.1\r\nhost: x\r\n"
+                                  b"connection: close\r\n\r\n"))[0] == 200
+    # A client that sends requests and never reads the answers loses its connection once
+    # they pile up, instead of holding a slot for ever.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n" * 1500)
+        time.sleep(BODY_TIMEOUT_S + 6)  # the answers pile up; the server gives up on us
+        metrics = requests.get(url + "/metrics", timeout=5).text
+    open_connections = next(float(line.split()[-1]) for line in metrics.splitlines()
+                            if line.startswith("tosguard_open_connections "))
+    assert open_connections <= 1, "the connection that never read was not let go"
+    assert requests.get(url + "/v2/health/ready", timeout=5).status_code == 200

@@ -31,6 +31,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import time
 import uuid
 
@@ -50,6 +51,7 @@ IDLE_TIMEOUT_S = float(os.environ.get("TOSGUARD_IDLE_TIMEOUT_S", 5))
 MAX_CONNECTIONS = int(os.environ.get("TOSGUARD_MAX_CONNECTIONS", 256))
 MAX_HEADER_BYTES = 16 * 1024
 RETRY_AFTER_S = "1"
+_open_connections: set = set()  # uvicorn's set of live connections, for the metrics
 
 
 def auth_token() -> str | None:
@@ -113,13 +115,25 @@ class PredictorApp:
             return
         started = time.perf_counter()
         path, method = scope["path"], scope["method"]
-        headers = {}
+        if path.startswith(("http://", "https://")):  # an absolute-form request target
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        headers, header_bytes = {}, 0
         for key, value in scope["headers"]:
             headers[key] = value  # last one wins; names are lower-case in ASGI
+            header_bytes += len(key) + len(value)
         route = path if path in self.routes else "other"
         extra: dict = {}
+        head = method == "HEAD"
         try:
-            response = await self.dispatch(path, method, headers, receive, extra)
+            if header_bytes > MAX_HEADER_BYTES:
+                response = _error(431, f"request headers of {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}",
+                                  [(b"connection", b"close")])
+            elif b"transfer-encoding" in headers and b"content-length" in headers:
+                # Both framings at once is how requests are smuggled past proxies: refuse.
+                response = _error(400, "send Content-Length or Transfer-Encoding, not both",
+                                  [(b"connection", b"close")])
+            else:
+                response = await self.dispatch(path, "GET" if head else method, headers, receive, extra)
         except _ClientGone:
             self.telemetry.record(route, method, 499, started, scope.get("client"), extra)
             return
@@ -133,7 +147,7 @@ class PredictorApp:
         await send({"type": "http.response.start", "status": response.status, "headers": [
             (b"content-type", response.content_type.encode()), (b"content-length", str(len(response.body)).encode()),
             *response.headers]})
-        await send({"type": "http.response.body", "body": response.body})
+        await send({"type": "http.response.body", "body": b"" if head else response.body})
         self.telemetry.record(route, method, response.status, started, scope.get("client"), extra)
 
     async def dispatch(self, path: str, method: str, headers: dict, receive, extra: dict) -> Response:
@@ -142,8 +156,8 @@ class PredictorApp:
             return _error(404, self._not_found(path))
         handler = methods.get(method)
         if handler is None:
-            return _error(405, f"{method} is not allowed on {path}",
-                          [(b"allow", ", ".join(methods).encode())])
+            allowed = ", ".join(list(methods) + (["HEAD"] if "GET" in methods else []))
+            return _error(405, f"{method} is not allowed on {path}", [(b"allow", allowed.encode())])
         if self.token and path not in self.open_routes:
             given = headers.get(b"authorization", b"").decode("latin-1")
             if not given.lower().startswith("bearer "):
@@ -154,7 +168,10 @@ class PredictorApp:
         if method != "POST":
             return await handler()
         try:
-            body = decode_body(await self._read_body(headers, receive), headers)
+            raw = await self._read_body(headers, receive)
+            # Decompressing and parsing are CPU work a client controls: off the event loop,
+            # so health checks and other requests are answered meanwhile.
+            body = await asyncio.to_thread(decode_body, raw, headers) if raw else raw
         except RequestError as exc:
             closing = [(b"connection", b"close")] if exc.status in (408, 413) else []
             return _error(exc.status, str(exc), closing)
@@ -172,7 +189,7 @@ class PredictorApp:
     async def _read_body(self, headers: dict, receive) -> bytes:
         declared = headers.get(b"content-length")
         if declared is not None:
-            if not declared.strip().isdigit():
+            if not re.fullmatch(rb"[0-9]{1,12}", declared.strip()):
                 raise RequestError("invalid Content-Length header")
             if int(declared) > MAX_BODY_BYTES:
                 raise RequestError(f"request body of {int(declared)} bytes; the limit is {MAX_BODY_BYTES}", 413)
@@ -242,10 +259,11 @@ class PredictorApp:
 
     async def metrics(self) -> Response:
         self.telemetry.queue.set(self.model.batcher.queued)
+        self.telemetry.connections.set(len(_open_connections))
         return Response(200, self.telemetry.render(), CONTENT_TYPE_LATEST)
 
     async def predict_v1(self, body: bytes, headers: dict, extra: dict) -> Response:
-        kind, value = validate_v1(json_body(body, headers))
+        kind, value = await asyncio.to_thread(lambda: validate_v1(json_body(body, headers)))
         if kind == "document":
             report = await self.model.analyze(value)
             extra.update(kind="document", clauses=report["sentences"], flagged=len(report["flagged"]))
@@ -255,7 +273,7 @@ class PredictorApp:
         return _json(200, {"predictions": results})
 
     async def infer_v2(self, body: bytes, headers: dict, extra: dict) -> Response:
-        request = validate_v2(body, headers)
+        request = await asyncio.to_thread(validate_v2, body, headers)
         answer, binary = await self.model.infer_v2(request)
         extra.update(kind="v2", clauses=len(request.clauses))
         if not binary:
@@ -277,7 +295,9 @@ def _guarded_protocol():
         and Retry-After."""
 
         def connection_made(self, transport):
+            global _open_connections
             super().connection_made(transport)
+            _open_connections = self.connections
             self._header_timer = None
             if len(self.connections) > MAX_CONNECTIONS:
                 self._refuse(503, b"Service Unavailable", b"retry-after: " + RETRY_AFTER_S.encode() + b"\r\n")
@@ -318,8 +338,24 @@ def _guarded_protocol():
                                  b"connection: close\r\n%s\r\n%s" % (status, reason, len(body), extra, body))
             self.transport.close()
 
+        def pause_writing(self) -> None:
+            """The client stopped reading and our answers pile up: give it the body time
+            limit to drain them, then close the connection (it must not hold a slot forever)."""
+            super().pause_writing()
+            if getattr(self, "_write_timer", None) is None:
+                self._write_timer = self.loop.call_later(BODY_TIMEOUT_S, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            timer, self._write_timer = getattr(self, "_write_timer", None), None
+            if timer is not None:
+                timer.cancel()
+
         def connection_lost(self, exc):
             self._disarm()
+            timer = getattr(self, "_write_timer", None)
+            if timer is not None:
+                timer.cancel()
             super().connection_lost(exc)
 
     return GuardedH11Protocol

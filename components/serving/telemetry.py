@@ -29,6 +29,7 @@ class Telemetry:
         self.batch = Histogram("tosguard_batch_clauses", "clauses per scoring pass", registry=r,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.queue = Gauge("tosguard_queue_clauses", "clauses waiting to be scored", registry=r)
+        self.connections = Gauge("tosguard_open_connections", "open client connections", registry=r)
         self.clauses = Counter("tosguard_clauses_scored", "clauses scored", registry=r)
         self.positives = Counter("tosguard_category_positive", "clauses found in each category", ["category"],
                                  registry=r)
