@@ -29,7 +29,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
 
     from tosguard.pipelines.pipeline import ClusterSettings, make_pipeline
 
-    tosguard_pipeline = make_pipeline(cluster=ClusterSettings(retries=False))
+    tosguard_pipeline = make_pipeline(cluster=ClusterSettings(retries=False, trainjob_branch=False))
 
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,9 @@ class ClusterSettings:
     # honours them too, and cannot tell bad data from a network blip, so local runs turn
     # them off (tosguard's storage and MLflow clients retry transient errors themselves).
     retries: bool = True
+    # The Kubeflow Trainer branch (trainer=trainjob). kfp.local cannot merge the outputs of
+    # two branches (dsl.OneOf of artifacts), so local runs build the one-node graph only.
+    trainjob_branch: bool = True
 
 
 _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
@@ -129,16 +132,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         ).set_display_name("Tokenize to Arrow")
         _on_cluster(tokenize, cluster, "2", "8Gi", network_retries=2)
 
-        with dsl.If(trainer == "trainjob", name="trainer-trainjob"):
-            # Kubeflow Trainer runs the workers (nodes x gpus) on the GPU pool; this task
-            # only creates the TrainJob, follows it and takes the model from the store.
-            across_nodes = steps.train_with_trainjob(
-                tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash, train_config=train_config,
-                store=store, source=source, nodes=nodes, gpus=gpus, trainer_image=TRAINER_IMAGE, namespace=namespace,
-                reuse_stored_model=reuse_stored_model, mlflow_run_id=run_id,
-            ).set_display_name("Fine-tune across nodes (Kubeflow Trainer TrainJob)")
-            _on_cluster(across_nodes, cluster, "500m", "2Gi", network_retries=2)
-        with dsl.Else():
+        def train_on_one_node():
             fit = steps.train_model(
                 tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash, train_config=train_config,
                 store=store, source=source, gpus=gpus, reuse_stored_model=reuse_stored_model, mlflow_run_id=run_id,
@@ -151,9 +145,26 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
             kubernetes.add_toleration(
                 fit, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
             )
+            return fit
 
-        model_uri = dsl.OneOf(across_nodes.outputs["Output"], fit.outputs["Output"])
-        trained = dsl.OneOf(across_nodes.outputs["model"], fit.outputs["model"])
+        if cluster.trainjob_branch:
+            with dsl.If(trainer == "trainjob", name="trainer-trainjob"):
+                # Kubeflow Trainer runs the workers (nodes x gpus) on the GPU pool; this task
+                # only creates the TrainJob, follows it and takes the model from the store.
+                across_nodes = steps.train_with_trainjob(
+                    tokenized_data=tokenize.outputs["tokenized_data"], data_hash=data_hash,
+                    train_config=train_config, store=store, source=source, nodes=nodes, gpus=gpus,
+                    trainer_image=TRAINER_IMAGE, namespace=namespace, reuse_stored_model=reuse_stored_model,
+                    mlflow_run_id=run_id,
+                ).set_display_name("Fine-tune across nodes (Kubeflow Trainer TrainJob)")
+                _on_cluster(across_nodes, cluster, "500m", "2Gi", network_retries=2)
+            with dsl.Else():
+                fit = train_on_one_node()
+            model_uri = dsl.OneOf(across_nodes.outputs["Output"], fit.outputs["Output"])
+            trained = dsl.OneOf(across_nodes.outputs["model"], fit.outputs["model"])
+        else:
+            fit = train_on_one_node()
+            model_uri, trained = fit.outputs["Output"], fit.outputs["model"]
 
         evaluate = steps.evaluate_model(
             tokenized_data=tokenize.outputs["tokenized_data"], model=trained, model_uri=model_uri,

@@ -59,18 +59,36 @@ def parse_params(pairs: list[str] | None, preset: str | None = None) -> dict:
     return params
 
 
-def _package(pipeline_file: str | None, workdir: str) -> str:
+def _package(pipeline_file: str | None, workdir: str, caching: bool | None = None) -> str:
+    """The pipeline YAML to send; with caching=False every task, nested ones too, uncached."""
     if pipeline_file:
         if not Path(pipeline_file).is_file():
             raise FileNotFoundError(f"{pipeline_file}: no such pipeline file")
-        return pipeline_file
-    from kfp import compiler
+        path = pipeline_file
+    else:
+        from kfp import compiler
 
-    from tosguard.pipelines.pipeline import tosguard_pipeline
+        from tosguard.pipelines.pipeline import tosguard_pipeline
 
-    path = str(Path(workdir) / "tosguard.yaml")
-    compiler.Compiler().compile(tosguard_pipeline, package_path=path)
-    return path
+        path = str(Path(workdir) / "tosguard.yaml")
+        compiler.Compiler().compile(tosguard_pipeline, package_path=path)
+    return _without_cache(path, workdir) if caching is False else path
+
+
+def _without_cache(path: str, workdir: str) -> str:
+    """kfp.Client's enable_caching=False reaches only the root DAG's tasks, not those inside
+    condition branches (the train tasks): turn caching off in every component's DAG."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(Path(path).read_text()))
+    spec = docs[0]
+    for component in [spec["root"]] + list(spec.get("components", {}).values()):
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            if "cachingOptions" in task:
+                task["cachingOptions"] = {}
+    out = Path(workdir) / "tosguard-no-cache.yaml"
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return str(out)
 
 
 def _client(host: str, namespace: str | None):
@@ -84,7 +102,7 @@ def submit(host: str, namespace: str | None, experiment: str, run_name: str, par
     with tempfile.TemporaryDirectory() as tmp:
         client = _client(host, namespace)
         result = client.create_run_from_pipeline_package(
-            _package(pipeline_file, tmp), arguments=params, run_name=run_name, experiment_name=experiment,
+            _package(pipeline_file, tmp, enable_caching), arguments=params, run_name=run_name, experiment_name=experiment,
             namespace=namespace, enable_caching=enable_caching,
         )
     return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
@@ -103,7 +121,7 @@ def schedule(host: str, namespace: str | None, experiment: str, name: str, cron:
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=cron,
             max_concurrency=1,  # a retraining run never overlaps the previous one
-            no_catchup=True, params=params, pipeline_package_path=_package(pipeline_file, tmp),
+            no_catchup=True, params=params, pipeline_package_path=_package(pipeline_file, tmp, enable_caching),
             enable_caching=enable_caching,
         )
     return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id}

@@ -96,7 +96,8 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsy
     assert spec["pipelineInfo"]["name"] == "tosguard"
     # --no-cache: caching is off for every task in the submitted spec.
     assert "exec-train-model" in spec["deploymentSpec"]["executors"]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = {name: task for component in [spec["root"]] + list(spec["components"].values())
+             for name, task in component.get("dag", {}).get("tasks", {}).items()}
     assert tasks["download-data"].get("cachingOptions", {}).get("enableCache") is not True
     assert tasks["train-model"].get("cachingOptions", {}).get("enableCache") is not True
 
