@@ -345,7 +345,9 @@ def deploy_inference_service(
     """
     from kubernetes import client as k8s
 
-    api = k8s.CustomObjectsApi(api_client or _api_client())
+    from tosguard.components.kube import api_client as kube_client
+
+    api = k8s.CustomObjectsApi(api_client or kube_client())
     if runtime is not None:
         _apply(api, RUNTIME_VERSION, RUNTIME_PLURAL, runtime)
     action, before = _apply(api, KSERVE_VERSION, KSERVE_PLURAL, isvc)
@@ -416,17 +418,6 @@ def check_allowlist(namespace: str, names: list[str], serving_image: str, servic
         raise PermissionError(f"not in {namespace}/{ALLOWLIST}: " + "; ".join(refused))
 
 
-def _api_client():
-    from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
-
-    try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s.ApiClient()
-
-
 def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
                     serving_image: str, service_account: str, ready_timeout_s: int, min_replicas: int = 1,
                     max_replicas: int = 3, concurrency_target: int = 4, expose: bool = False,
@@ -437,7 +428,9 @@ def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, serv
     if not model_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
         raise ValueError(f"KServe cannot fetch {model_uri!r}: set the pipeline's store to s3://BUCKET/PREFIX")
     started = time.time()
-    api_client = _api_client()
+    from tosguard.components.kube import api_client as kube_client
+
+    api_client = kube_client()
     check_allowlist(namespace, [service_name, f"{service_name}-runtime"], serving_image, service_account, api_client)
     runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image, auth_secret)
     isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account,

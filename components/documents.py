@@ -152,13 +152,11 @@ def read_document(source: str) -> tuple[str, str]:
 
 
 def _fetch(url: str) -> tuple[bytes, str]:
-    import os
-
     import requests
 
-    from tosguard.components.storage import redact
+    from tosguard.components.storage import insecure_http_allowed, redact
 
-    if not url.startswith("https://") and os.environ.get("TOSGUARD_ALLOW_HTTP") != "1":
+    if not url.startswith("https://") and not insecure_http_allowed():
         raise ValueError(f"{redact(url)}: plain http is refused; use https (or set TOSGUARD_ALLOW_HTTP=1)")
     try:
         with requests.get(url, stream=True, timeout=(10, 60), headers={"User-Agent": "tosguard"}) as reply:

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from tosguard.components.labels import CATEGORIES, NUM_CATEGORIES
-from tosguard.components.storage import redact, scrub, sha256_file
+from tosguard.components.storage import insecure_http_allowed, redact, scrub, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,6 @@ MAX_UNPACKED_BYTES = int(os.environ.get("TOSGUARD_MAX_UNPACKED_BYTES", 1 << 30))
 MAX_ARCHIVE_MEMBERS = int(os.environ.get("TOSGUARD_MAX_ARCHIVE_MEMBERS", 1000))
 
 
-def _insecure_http_allowed() -> bool:
-    return os.environ.get("TOSGUARD_ALLOW_HTTP", "") == "1"
-
-
 def _check_members(tar, url: str) -> None:
     """Refuse an archive with links, devices, absolute or parent-relative paths, too many
     members or too many bytes unpacked, before anything is written."""
@@ -202,7 +198,7 @@ def _fetch_tarball(url: str, into: Path) -> Path:
     url, _, fragment = url.partition("#")
     shown = redact(url)
     pinned = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
-    if not url.startswith("https://") and not _insecure_http_allowed():
+    if not url.startswith("https://") and not insecure_http_allowed():
         raise DataError(f"{shown}: plain http is refused (the data could be altered on the way); use https, "
                         "or set TOSGUARD_ALLOW_HTTP=1 for a server you trust")
     if not pinned:
@@ -215,7 +211,7 @@ def _fetch_tarball(url: str, into: Path) -> Path:
     try:
         with session.get(url, stream=True, timeout=(10, 120)) as reply:
             hops = [r.url for r in reply.history] + [reply.url]
-            if not _insecure_http_allowed() and any(not hop.startswith("https://") for hop in hops):
+            if not insecure_http_allowed() and any(not hop.startswith("https://") for hop in hops):
                 raise DataError(f"{shown}: redirected to plain http ({redact(hops[-1])}); refused")
             reply.raise_for_status()
             total = int(reply.headers.get("Content-Length") or 0)

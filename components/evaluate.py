@@ -18,7 +18,7 @@ from tosguard.components import storage
 from tosguard.components.config import CARD_FILE, COMPLETE_MARK
 from tosguard.components.labels import CATEGORIES, NONE_COLUMN
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
-from tosguard.components.store import code_version, model_card
+from tosguard.components.store import code_version, model_card, version_of
 from tosguard.components.tracking import champion, log_mlflow_model, pipeline_run, register_version
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
         Path(report_path).write_text(report)
         Path(scores_path).write_text(scored)
         info = {
-            "version": "/".join(model_store_uri.rstrip("/").split("/")[-2:]), "base_model": card["base_model"],
+            "version": version_of(model_store_uri), "base_model": card["base_model"],
             "method": card["method"],
             "data_hash": data_hash, "source": trained.get("source", "?"),
             "code_version": trained.get("code_version", code_version()), "mlflow_run_id": mlflow_run_id,

@@ -52,6 +52,11 @@ def local_path(uri: str) -> Path:
 _SECRET_QUERY_KEYS = ("signature", "sig", "token", "key", "secret", "password", "credential", "auth")
 
 
+def insecure_http_allowed() -> bool:
+    """Plain http downloads are refused unless TOSGUARD_ALLOW_HTTP=1 (a server you trust)."""
+    return os.environ.get("TOSGUARD_ALLOW_HTTP", "") == "1"
+
+
 def redact(uri: str) -> str:
     """A URI fit for logs, MLflow and errors: user:password@ and secret-looking query
     parameters (presigned-URL signatures, tokens) replaced by ***."""

@@ -60,6 +60,11 @@ def new_version(key: str) -> str:
     return f"{key}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
+def version_of(uri: str) -> str:
+    """The `<key>/<version>` a model store URI ends with."""
+    return "/".join(uri.rstrip("/").split("/")[-2:])
+
+
 def model_uri(store: str, version: str) -> str:
     return storage.join(store_root(store), "models", NAME, version)
 

@@ -52,7 +52,7 @@ def _cmd_run(args) -> int:
     print()
     print(f"test micro-F1 {test['micro_f1']:.1f}  macro-F1 {test['macro_f1']:.1f}  "
           f"(LexGLUE 8+1, {args.preset} preset, {summary['wall_seconds']:.0f} s)")
-    print(f"steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["step_seconds"].items()))
+    print("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["step_seconds"].items()))
     print(f"MLflow run: {summary['mlflow']['run_id']} at {summary['mlflow']['tracking_uri']}")
     print(f"artifacts: {summary['artifacts']['pipeline_root']}")
     print(f"model: {summary['artifacts']['model']} (registered '{summary['registry']['name']}' "

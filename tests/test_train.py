@@ -197,7 +197,6 @@ def test_checkpoints_hold_no_pickle_and_a_corrupt_one_is_skipped(tokenized_dir, 
 
     config = TrainConfig(method="lora", epochs=1, max_steps=8, batch_size=8, checkpoint_every=4, validation_subset=32)
     folder = tmp_path / "ckpt"
-    uri = None
     original = checkpoint.remove
     try:  # keep the last checkpoint to look at it
         checkpoint.remove = lambda u: None

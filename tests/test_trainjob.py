@@ -159,7 +159,7 @@ def test_the_train_step_runs_a_train_job_and_takes_the_model_from_the_store(
                 {"epoch": 1, "step": 12, "train_loss": 0.3, "val_micro_f1": 80.0, "val_macro_f1": 50.0}],
             "world_size": 4}))
 
-    monkeypatch.setattr("tosguard.components.deploy._api_client", lambda: api_holder["client"])
+    monkeypatch.setattr("tosguard.components.kube.api_client", lambda: api_holder["client"])
     monkeypatch.setenv("TOSGUARD_TRAINJOB_POLL_S", "0.05")
     api_holder = {}
     config = TrainConfig(epochs=1, max_steps=4, batch_size=16).to_json()

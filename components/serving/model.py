@@ -14,6 +14,7 @@ KServe's own ModelServer. Clauses of concurrent requests share scoring passes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import struct
@@ -98,7 +99,7 @@ class UnfairClauseModel(kserve.Model):
         tensors = {
             "scores": ([n, len(self.categories)], "FP32", [r["scores"][c] for r in results for c in self.categories]),
             "unfair": ([n], "BOOL", [r["unfair"] for r in results]),
-            "categories": ([n], "BYTES", [_json_list(r["categories"]) for r in results]),
+            "categories": ([n], "BYTES", [json.dumps(r["categories"]) for r in results]),
         }
         outputs, binary = [], b""
         for name in request.outputs or OUTPUT_NAMES:
@@ -149,12 +150,6 @@ class UnfairClauseModel(kserve.Model):
             "parameters": {"categories": self.categories, "thresholds": self.scorer.thresholds.tolist(),
                            "base_model": self.scorer.card.get("base_model"), "method": self.scorer.card.get("method")},
         }
-
-
-def _json_list(items: list[str]) -> str:
-    import json
-
-    return json.dumps(items)
 
 
 def _binary(datatype: str, data: list) -> bytes:

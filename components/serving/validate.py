@@ -250,7 +250,6 @@ def validate_v2(body: bytes, headers: dict[bytes, bytes]) -> V2Request:
             raise RequestError(f"input {name!r} needs data: a list of strings")
         if len(data) == count and any(isinstance(d, list) for d in data):
             raise RequestError(f"input {name!r}: data must be a flat list of strings")
-        data = [d for d in data]
         if len(data) != count:
             raise RequestError(f"input {name!r}: shape {shape} says {count} elements, data has {len(data)}")
     clauses = check_clauses(data, name)

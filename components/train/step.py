@@ -16,7 +16,7 @@ from pathlib import Path
 from tosguard.components import storage
 from tosguard.components.config import ADAPTER_DIR, CARD_FILE, COMPLETE_MARK, TrainConfig
 from tosguard.components.store import (
-    code_version, mark_complete, model_key, model_uri, new_version, newest_complete, save_model,
+    code_version, mark_complete, model_key, model_uri, new_version, newest_complete, save_model, version_of,
 )
 from tosguard.components.tracking import pipeline_run
 
@@ -79,7 +79,7 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
     key = model_key(data_hash, config.to_json())
     found = newest_complete(store, key) if reuse else None
     if found:
-        version = found[0].rsplit("/", 2)[-2] + "/" + found[0].rsplit("/", 1)[-1]
+        version = version_of(found[0])
     elif trainer == "trainjob":  # one version per pipeline run: a retried step follows the same TrainJob
         version = f"{key}/run-{mlflow_run_id}"
     else:

@@ -67,11 +67,11 @@ def run_train_job(job: dict, api_client=None, timeout: float | None = None, poll
     TrainJob is kept for inspection) and TimeoutError past `timeout` (it is deleted)."""
     from kubernetes import client as k8s
 
-    from tosguard.components.deploy import _api_client
+    from tosguard.components.kube import api_client as kube_client
 
     timeout = timeout if timeout is not None else float(os.environ.get("TOSGUARD_TRAINJOB_TIMEOUT_S", 24 * 3600))
     poll_seconds = poll_seconds if poll_seconds is not None else float(os.environ.get("TOSGUARD_TRAINJOB_POLL_S", 15))
-    api = k8s.CustomObjectsApi(api_client or _api_client())
+    api = k8s.CustomObjectsApi(api_client or kube_client())
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     args = (GROUP, VERSION, namespace, PLURAL)
     try:
