@@ -51,7 +51,8 @@ class TrainConfig:
     max_steps: int = 0  # 0: no cap beyond epochs
     train_subset: int = 0  # 0: the whole train split
     validation_subset: int = 0  # 0: the whole validation split
-    batch_size: int = 32
+    batch_size: int = 32  # clauses per micro-batch (per worker under data parallelism)
+    gradient_accumulation: int = 1  # micro-batches summed into each optimizer step
     learning_rate: float = 5e-4
     head_learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -74,7 +75,7 @@ class TrainConfig:
             problems.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
         if not self.base_model.strip():
             problems.append("base_model must name a model")
-        for name in ("epochs", "batch_size", "lora_r", "log_every"):
+        for name in ("epochs", "batch_size", "gradient_accumulation", "lora_r", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.max_length < 8:

@@ -7,6 +7,7 @@ resumable; under torchrun (launch.py) each worker trains on its share of every e
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -144,7 +145,8 @@ def _set_up(tokenized_dir: str, config: TrainConfig) -> Setup:
         [{"params": encoder_params, "lr": config.learning_rate}, {"params": head_params, "lr": config.head_learning_rate}],
         weight_decay=config.weight_decay,
     )
-    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size) // world
+    # One optimizer step takes world x gradient_accumulation micro-batches of batch_size.
+    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size) // (world * config.gradient_accumulation)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -169,10 +171,25 @@ def _validate(s: Setup) -> dict:
     return lexglue_scores(gold, predict_from_probabilities(scores, [s.config.threshold] * len(CATEGORIES)))
 
 
+def micro_batch_seed(seed: int, epoch: int, position: int) -> int:
+    """The torch seed for one micro-batch, from its place in the epoch's whole batch order."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
 def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool, ckpt_uri: str, mlflow, bar) -> None:
-    """One epoch (or its rest after a resume) of optimizer steps; checkpoints on the way."""
+    """One epoch (or its rest after a resume) of optimizer steps; checkpoints on the way.
+
+    An optimizer step takes world x gradient_accumulation consecutive micro-batches of the
+    epoch's batch order: rank r takes positions r, r + world, ... of each step's share. When
+    a step is split like that, dropout is seeded per micro-batch from its position, so two
+    nodes of one worker, one node of two workers and one worker accumulating two
+    micro-batches draw the same masks and reach the same weights. An unsplit step (one
+    worker, no accumulation) keeps the single RNG stream of the measured default recipe.
+    """
     config = s.config
-    skip = p.batch if resuming else 0  # batches this epoch did before the kill
+    accumulate = config.gradient_accumulation
+    split = s.world > 1 or accumulate > 1
+    skip = p.batch if resuming else 0  # micro-batches this epoch did before the kill
     if resuming:
         rng.bit_generator.state = p.epoch_rng_state  # the same batch order as before the kill
     else:
@@ -180,25 +197,37 @@ def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool
     p.epoch_rng_state = rng.bit_generator.state
     s.model.train()
     batches = length_grouped_batches(list(s.train_ds["length"]), config.batch_size, rng)
-    if s.world > 1:  # every rank draws the same order, then takes its share
-        batches = batches[: len(batches) // s.world * s.world][s.rank :: s.world]
+    # Every rank draws the same order, keeps whole steps only, then takes its share.
+    positions = list(range(len(batches) // (s.world * accumulate) * s.world * accumulate))[s.rank :: s.world]
     ids_column, pad_id = s.train_ds["input_ids"], s.tokenizer.pad_token_id
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    for index, batch in enumerate(batches):
+    step_loss = 0.0
+    for index, position in enumerate(positions):
         if index < skip:
             continue
-        ids, mask = pad_batch([ids_column[i] for i in batch], pad_id)
-        target = torch.from_numpy(s.labels[batch]).to(s.device)
-        with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=s.device.type == "cuda"):
-            logits = s.forward(ids.to(s.device), mask.to(s.device))
-        loss = loss_fn(logits.float(), target)
-        loss.backward()
+        batch = batches[position]
+        if split:
+            torch.manual_seed(micro_batch_seed(config.seed, p.epoch, position))
+        last = (index + 1) % accumulate == 0  # this micro-batch ends an optimizer step
+        # Under DDP only the step's last backward all-reduces; the others accumulate locally.
+        syncing = contextlib.nullcontext() if last or s.world == 1 else s.forward.no_sync()
+        with syncing:
+            ids, mask = pad_batch([ids_column[i] for i in batch], pad_id)
+            target = torch.from_numpy(s.labels[batch]).to(s.device)
+            with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=s.device.type == "cuda"):
+                logits = s.forward(ids.to(s.device), mask.to(s.device))
+            loss = loss_fn(logits.float(), target)
+            (loss / accumulate).backward()
+        step_loss += loss.item() / accumulate
+        if not last:
+            continue
+        loss, step_loss = step_loss, 0.0
         torch.nn.utils.clip_grad_norm_(s.clipped, 1.0)
         s.optimizer.step()
         s.scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
         p.step += 1
-        p.running += loss.item()
+        p.running += loss
         p.seen += 1
         bar.update(1)
         bar.set_postfix(epoch=p.epoch, loss=f"{p.running / p.seen:.4f}")
