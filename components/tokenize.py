@@ -16,13 +16,12 @@ def tokenize(raw_dir: str, base_model: str, max_length: int, output_dir: str) ->
     vector over the categories. Padding happens per batch at train time.
     """
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
 
-    from tosguard.components.modeling import resolve_base_model
+    from tosguard.components.modeling import load_tokenizer, resolve_base_model
 
     if max_length < 8:
         raise ValueError(f"max_length must be at least 8 tokens (got {max_length})")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model), use_fast=True)
+    tokenizer = load_tokenizer(resolve_base_model(base_model))
     if not tokenizer.is_fast:
         raise ValueError(f"{base_model} has no fast tokenizer")
     raw = load_from_disk(raw_dir)

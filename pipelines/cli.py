@@ -39,15 +39,31 @@ def _cmd_run(args) -> int:
     from tosguard.components.store import store_root
     from tosguard.pipelines.local_run import run_pipeline
 
+    from tosguard.pipelines.console import run_console
+
     config = run_config(args)
-    output = Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    print(f"tosguard: running the pipeline ({args.preset} preset, {config.method}, {config.base_model}); "
-          f"output in {output.resolve()}", flush=True)
+    output = (Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    log_path = output / "run.log"
+    print(f"tosguard run: {args.preset} preset, {config.method}, {config.base_model}", flush=True)
+    print(f"  output  {output}\n  log     {log_path}" + ("" if args.verbose else "  (--verbose streams it here)"),
+          flush=True)
     store = store_root(args.store)
     floor = PRESET_GATE_FLOORS[args.preset] if args.gate_floor is None else args.gate_floor
     tolerance = GATE_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
-    summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
-                           gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh)
+    failure = None
+    with run_console(log_path, verbose=args.verbose) as console:
+        try:
+            summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
+                                   gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh)
+        except RuntimeError as exc:
+            failure = (exc, console.failure_tail())
+    if failure:
+        exc, tail = failure
+        if tail and not args.verbose:
+            print("\n".join(["", "the failed step's last lines:", *(f"  | {line}" for line in tail[-25:])]),
+                  file=sys.stderr)
+        raise RuntimeError(f"{_plain(str(exc))} (whole log: {log_path})") from exc
     test = summary["test"]
     print()
     print(f"test micro-F1 {test['micro_f1']:.1f}  macro-F1 {test['macro_f1']:.1f}  "
@@ -209,6 +225,10 @@ def _cmd_analyze(args) -> int:
     document, name = read_document(args.source)
     scorer = _scorer(args)
     report = scorer.analyze(document)
+    if not args.no_explain:
+        from tosguard.components.attribution import explain
+
+        explain(report, scorer.score)
     model = args.url or args.model or "models:/tosguard@champion"
     print(table(report, name))
     if args.json:
@@ -308,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
     run.add_argument("--fresh", action="store_true",
                      help="train even if the store already holds a model for this data and config")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream every step's output to the terminal (it always goes to OUTPUT/run.log)")
     run.set_defaults(func=_cmd_run)
 
     comp = sub.add_parser("compile", help="compile the pipeline to YAML for Kubeflow",
@@ -385,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(analyze)
     analyze.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
     analyze.add_argument("--html", metavar="FILE", help="write the HTML report (one file, no external assets)")
+    analyze.add_argument("--no-explain", action="store_true",
+                         help="skip the word attributions (occlusion: one extra clause scored per word of "
+                              "each flagged clause)")
     analyze.set_defaults(func=_cmd_analyze)
 
     evaluate = sub.add_parser("eval", help="score labelled files with the LexGLUE metric",
@@ -409,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "run":
             raise
         # kfp.local reports which task failed; its own log is printed above.
-        print(f"tosguard run: {_plain(str(exc))}\nThe failed task's log is above. Fix the cause and run the same "
-              "command again: training resumes from its last checkpoint.", file=sys.stderr)
+        print(f"tosguard run: {_plain(str(exc))}\nFix the cause and run the same command again: training "
+              "resumes from its last checkpoint.", file=sys.stderr)
         return 1
 
 

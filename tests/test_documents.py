@@ -104,3 +104,64 @@ def test_eval_scores_labelled_clauses_and_documents(trained_model_dir, tmp_path,
     (tmp_path / "bad.jsonl").write_text('{"text": "ok", "labels": [0]}\n{"text": "x", "labels": [9]}\n')
     assert main(["eval", str(tmp_path / "bad.jsonl"), "--model", str(trained_model_dir)]) == 2
     assert "bad.jsonl:2: 'labels' must be a list of category indices" in capsys.readouterr().err
+
+
+def _keyword_scorer(keyword: str, category: str):
+    """A model whose `category` score is 0.9 with `keyword` in the clause and 0.1 without:
+    occlusion must give that word the whole 0.8 and no other word any weight."""
+    from tosguard.components.labels import CATEGORIES
+
+    def score(texts):
+        return [{"scores": {c: (0.9 if c == category and keyword in t.lower().split() else 0.1) for c in CATEGORIES}}
+                for t in texts]
+    return score
+
+
+def test_occlusion_finds_the_word_that_drives_a_category_and_marks_it_in_the_report():
+    from tosguard.components.attribution import explain
+    from tosguard.components.report import html_page, table
+
+    document = "Intro. We may terminate <your> account at any time. Bye."
+    start = document.index("We may")
+    clause = "We may terminate <your> account at any time."
+    report = {"sentences": 3, "unfair": True, "flagged": [{
+        "clause": clause, "start": start, "end": start + len(clause), "unfair": True,
+        "categories": ["Unilateral termination"],
+        "scores": {"Unilateral termination": 0.9}}]}
+    explain(report, _keyword_scorer("terminate", "Unilateral termination"))
+    words = report["flagged"][0]["words"]["Unilateral termination"]
+    assert [(w["word"], w["weight"]) for w in words] == [("terminate", 0.8)]
+    assert document[words[0]["start"]:words[0]["end"]] == "terminate"  # document offsets
+    assert report["attribution"] == {"method": "occlusion", "explained": 1, "of": 1}
+
+    page = html_page(document, report, "t", "m")
+    assert '<b class="why" title="without this word the Unilateral termination score drops by 0.80">terminate</b>' in page
+    assert "&lt;your&gt;" in page and "<your>" not in page  # the rest of the clause is still escaped
+    assert "(driven by &#x27;terminate&#x27; +0.80)" in page and "occlusion" in page  # tooltip, method note
+    assert "driven by 'terminate' +0.80" in table(report, "t")
+
+
+def test_occlusion_is_bounded_per_clause_and_per_report():
+    from tosguard.components import attribution
+
+    long_clause = " ".join(f"w{i}" for i in range(500))
+    report = {"flagged": [{"clause": long_clause, "start": 0, "end": len(long_clause), "categories": ["Arbitration"],
+                           "scores": {"Arbitration": 0.5 + i / 1000}} for i in range(100)]}
+    texts, plan = attribution.variants(report)
+    assert len(plan) == attribution.MAX_CLAUSES and len(texts) == attribution.MAX_CLAUSES * attribution.MAX_WORDS
+    assert plan[0][0] == 99, "the highest-scored clauses are explained first"
+
+
+def test_analyze_explains_flagged_clauses_with_the_real_model(trained_model_dir, tmp_path, capsys):
+    (tmp_path / "t.txt").write_text(TERMS)
+    assert main(["analyze", str(tmp_path / "t.txt"), "--model", str(trained_model_dir),
+                 "--json", str(tmp_path / "t.json")]) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["attribution"]["method"] == "occlusion"
+    for clause in report["flagged"]:
+        assert set(clause["words"]) == set(clause["categories"])
+        for words in clause["words"].values():
+            assert all(clause["start"] <= w["start"] < w["end"] <= clause["end"] and w["weight"] >= 0.01 for w in words)
+    assert main(["analyze", str(tmp_path / "t.txt"), "--model", str(trained_model_dir), "--no-explain",
+                 "--json", str(tmp_path / "plain.json")]) == 0
+    assert "attribution" not in json.loads((tmp_path / "plain.json").read_text())

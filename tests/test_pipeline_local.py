@@ -1,6 +1,8 @@
 """The main job end to end: `tosguard run --preset quick` through kfp.local, then the
 served model answers over HTTP, and `tosguard serve` / `--stop` manage the server."""
+import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,18 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     printed = capsys.readouterr().out
     assert f"macro-F1 {summary['test']['macro_f1']:.1f}" in printed
     assert summary["endpoint"] in printed and "summary.json" in printed
+    # A clean view: each step with its status and time, progress for training; the
+    # executors' and libraries' output only in the log file, whose path is printed.
+    lines = printed.splitlines()
+    assert len(lines) <= 60, printed
+    for label in ("download data", "tokenize", "train", "evaluate and gate", "deploy (local server)"):
+        assert any(line.split("  ")[1:2] == [label] or line.strip().startswith(label + " ") and " done " in line
+                   for line in lines), (label, printed)
+    assert any(line.strip().startswith("train") and "%" in line for line in lines), "training progress is shown"
+    assert "Executing task" not in printed and "executor" not in printed.lower() and "Warning" not in printed
+    log = (out / "run.log").read_text()
+    assert str(out / "run.log") in printed
+    assert "Executing task" in log and "TOSGUARD-PROGRESS train 64/64" in log
 
     # Evaluate scored the full test split with the LexGLUE metric.
     scores = json.loads(next(Path(summary["artifacts"]["pipeline_root"]).glob("*/evaluate-model/scores")).read_text())
@@ -40,11 +54,17 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     # Every step left its artifact.
     model_dir = Path(summary["artifacts"]["model"])
     for name in ("model.safetensors", "config.json", "tokenizer.json", "classifier.safetensors", "tosguard.json",
-                 "adapter/adapter_model.safetensors"):
+                 "adapter/adapter_model.safetensors", "training_curves.png"):
         assert (model_dir / name).is_file(), name
     root = Path(summary["artifacts"]["pipeline_root"])
     assert next(root.glob("*/download-data/raw_data/manifest.json"))
     assert next(root.glob("*/tokenize-data/tokenized_data/dataset_dict.json"))
+    # The HTML report (the run page's `report_html`, copied beside the summary) carries the
+    # stored training curves and the confusion figure inline.
+    page = next(root.glob("*/evaluate-model/report_html")).read_text(encoding="utf-8")
+    assert (out / "report.html").read_text(encoding="utf-8") == page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2 and base64.b64decode(images[0]) == (model_dir / "training_curves.png").read_bytes()
     assert set(summary["step_seconds"]) == {"download", "tokenize", "train", "evaluate", "deploy"}
 
     # One MLflow run holds params, the per-step loss curve, validation and test metrics, artifacts.
@@ -60,7 +80,12 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     assert run.data.metrics["test_macro_f1"] == pytest.approx(summary["test"]["macro_f1"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "evaluation", "data"} <= artifacts
-    assert "report" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    evaluation = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"report", "report.html", "category_confusions.png"} <= evaluation
+    # The training curves, logged by the train step as a figure.
+    assert "model/training_curves.png" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    curves = Path(client.download_artifacts(run.info.run_id, "model/training_curves.png", str(tmp_path)))
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
 
     # The served model answers over HTTP on loopback (V1 protocol), via the CLI as well.
     assert summary["endpoint"].startswith("http://127.0.0.1:") and summary["deployed"] is True
@@ -100,3 +125,7 @@ def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_pat
     assert main(["run", "--preset", "quick", "--source", str(folder), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "Inner task failed: 'download-data'" in err and "run the same command again" in err
+    # The terminal got the failed step's own last lines (the bad row, by file and line) and
+    # where the whole log is.
+    assert "the failed step's last lines" in err and "train.jsonl" in err
+    assert str(tmp_path / "out" / "run.log") in err

@@ -21,3 +21,16 @@ def test_tokenized_splits_have_no_padding_and_multi_hot_labels(tokenized_dir, ra
             assert len(vector) == NUM_CATEGORIES
             assert [i for i, v in enumerate(vector) if v == 1.0] == sorted(labels)
     assert (tokenized_dir / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_a_base_model_neither_offline_nor_reachable_says_what_to_do(raw_dir, tmp_path, monkeypatch):
+    """No hub here: a hub model id that is not installed offline fails with the way
+    forward, not with transformers' traceback about huggingface.co."""
+    import pytest
+
+    from tosguard.components.tokenize import tokenize
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"could not load 'example-org/no-such-model'.*pass --base-model a local folder"):
+        tokenize(str(raw_dir), "example-org/no-such-model", 128, str(tmp_path / "tok"))
+    assert not (tmp_path / "tok").exists()

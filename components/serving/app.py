@@ -291,7 +291,7 @@ class PredictorApp:
     async def report(self, body: bytes, headers: dict, extra: dict) -> Response:
         """The web page's call: a document -> its report (report.html_body) as HTML."""
         document, name = await asyncio.to_thread(lambda: report_request(json_body(body, headers)))
-        report = await self.model.analyze(document)
+        report = await self.model.explain(await self.model.analyze(document))
         extra.update(kind="report", clauses=report["sentences"], flagged=len(report["flagged"]))
         label = model_label(self.model.name, self.model.scorer.card)
         fragment, fragment_headers = await asyncio.to_thread(report_fragment, document, report, name, label)

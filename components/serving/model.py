@@ -25,6 +25,7 @@ import numpy as np
 
 from tosguard.components.config import NAME
 from tosguard.components.serving.batcher import Batcher
+from tosguard.components.attribution import attach, variants
 from tosguard.components.serving.scorer import BATCH_SIZE, ClauseScorer, document_report
 from tosguard.components.serving.split import split_sentences
 from tosguard.components.serving.validate import (
@@ -91,6 +92,16 @@ class UnfairClauseModel(kserve.Model):
         for i in range(0, len(clauses), MAX_INSTANCES):
             results += await self.score_clauses(clauses[i : i + MAX_INSTANCES])
         return document_report(document, spans, results)
+
+    async def explain(self, report: dict) -> dict:
+        """Occlusion weights for the report's flagged clauses (components/attribution.py),
+        scored through the batcher like any request, but kept out of the prediction
+        metrics: the variants are not clauses anyone sent."""
+        texts, plan = variants(report)
+        scores = []
+        for i in range(0, len(texts), MAX_INSTANCES):
+            scores += self.scorer.results(await self.batcher.score(texts[i : i + MAX_INSTANCES]))
+        return attach(report, plan, scores)
 
     async def infer_v2(self, request: V2Request) -> tuple[dict, bytes]:
         """-> (the V2 response JSON, binary data to append after it: empty unless asked for)."""

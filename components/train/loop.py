@@ -23,6 +23,7 @@ from tosguard.components.config import TrainConfig
 from tosguard.components.labels import CATEGORIES
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities
 from tosguard.components.modeling import build_classifier, export, pad_batch, resolve_base_model, score_encoded
+from tosguard.components.progress import ProgressLine
 from tosguard.components.train import checkpoint
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,22 @@ def _validate(s: Setup) -> dict:
     return lexglue_scores(gold, predict_from_probabilities(scores, [s.config.threshold] * len(CATEGORIES)))
 
 
+class _Ticker:
+    """One optimizer step done: the tqdm bar and, under `tosguard run`, its progress line."""
+
+    def __init__(self, bar, progress: ProgressLine | None):
+        self.bar, self.progress = bar, progress
+
+    def tick(self, step: int, epoch: int, loss: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
+        if self.progress:
+            self.progress.update(step, f"epoch {epoch}, loss {loss:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def micro_batch_seed(seed: int, epoch: int, position: int) -> int:
     """The torch seed for one micro-batch, from its place in the epoch's whole batch order."""
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
@@ -229,8 +246,7 @@ def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool
         p.step += 1
         p.running += loss
         p.seen += 1
-        bar.update(1)
-        bar.set_postfix(epoch=p.epoch, loss=f"{p.running / p.seen:.4f}")
+        bar.tick(p.step, p.epoch, p.running / p.seen)
         if mlflow and p.step % s.log_every == 0:
             mlflow.log_metric("train_loss", p.running / p.seen, step=p.step)
         if config.checkpoint_every and p.step % config.checkpoint_every == 0 and p.step < s.total_steps and s.rank == 0:
@@ -293,8 +309,9 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
             mlflow.set_tag("train.resumed_from_step", resumed_from)
 
     started = time.time()
-    bar = tqdm(total=s.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
-               disable=s.rank != 0)
+    bar = _Ticker(tqdm(total=s.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
+                       mininterval=2.0, disable=s.rank != 0),
+                  ProgressLine("train", s.total_steps) if s.rank == 0 else None)
     first_epoch = p.epoch
     for epoch in range(first_epoch, config.epochs + 1):
         if p.step >= s.total_steps:
