@@ -137,11 +137,13 @@ def _checkpoints(location: str) -> list[str]:
     return [rel for rel in storage.list_files(location) if rel.endswith("checkpoint.safetensors")]
 
 
-@pytest.mark.parametrize("where", ["folder", "s3"])
+@pytest.mark.parametrize("where", ["folder", "s3", "folder-accumulating"])
 def test_a_killed_training_resumes_from_its_last_checkpoint(where, tokenized_dir, tmp_path, request):
     """Killed in its second epoch (after the first epoch's validation), re-run with the same
     checkpoint location (a folder, or S3 as under a cluster's model store): it resumes and
-    reaches the weights of an uninterrupted run."""
+    reaches the weights of an uninterrupted run; also when each step accumulates two
+    micro-batches (the resume skips whole steps' micro-batches, dropout is seeded per
+    micro-batch)."""
     import signal
     import subprocess
     import sys
@@ -155,6 +157,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(where, tokenized_dir
         location, other = str(tmp_path / "ckpt"), str(tmp_path / "ckpt2")
     config = TrainConfig(method="lora", epochs=2, max_steps=60, batch_size=8, checkpoint_every=4,
                          validation_subset=32, seed=7)
+    if where == "folder-accumulating":
+        config = TrainConfig.from_dict({**config.to_dict(), "batch_size": 4, "gradient_accumulation": 2})
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, config.to_json(), str(tokenized_dir), str(tmp_path / "killed"), location, "56"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
