@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from html import escape
 from pathlib import Path
 
 import numpy as np
 
-from tosguard.components import storage
+from tosguard.components import figures, storage
 from tosguard.components.config import CARD_FILE, COMPLETE_MARK
 from tosguard.components.labels import CATEGORIES, NONE_COLUMN
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
@@ -38,7 +39,8 @@ LEXGLUE_TABLE: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def report_markdown(scores: dict, run_label: str) -> str:
+def _placement(scores: dict, run_label: str) -> tuple[list[tuple[str, float, float, bool]], str]:
+    """The published rows with this run among them, best first, and where the run stands."""
     rows = [(name, micro, macro, False) for name, micro, macro in LEXGLUE_TABLE]
     rows.append((run_label, scores["micro_f1"], scores["macro_f1"], True))
     # The published rows carry one decimal, so the run is placed at that precision: a run
@@ -50,6 +52,15 @@ def report_markdown(scores: dict, run_label: str) -> str:
     placed = f"rank {rank} of {len(rows)} by macro-F1 among the published LexGLUE rows"
     if level:
         placed += f"; level on macro-F1 with {', '.join(level)} at the table's one decimal"
+    return rows, placed
+
+
+SOURCE_NOTE = ("Published rows: LexGLUE leaderboard (Chalkidis et al., ACL 2022; coastalcph/lex-glue README), "
+               "each the test score of the seed with the best validation macro-F1.")
+
+
+def report_markdown(scores: dict, run_label: str) -> str:
+    rows, placed = _placement(scores, run_label)
     lines = [
         "# tosguard evaluation: LexGLUE UNFAIR-ToS",
         "",
@@ -68,12 +79,73 @@ def report_markdown(scores: dict, run_label: str) -> str:
     lines += ["", "## Per-category F1 (test)", "", "| category | F1 |", "|---|---:|"]
     for name in list(CATEGORIES) + [NONE_COLUMN]:
         lines.append(f"| {name} | {scores['per_category_f1'][name]:.1f} |")
-    lines += [
-        "",
-        "Published rows: LexGLUE leaderboard (Chalkidis et al., ACL 2022; coastalcph/lex-glue README), "
-        "each the test score of the seed with the best validation macro-F1.",
-    ]
+    lines += ["", SOURCE_NOTE]
     return "\n".join(lines) + "\n"
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.ours { font-weight: bold; background: #eef4fb; }
+.passed { color: #1a7f37; } .failed { color: #b42318; }
+figure { margin: 0.5em 0 1.5em; } figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def report_html(scores: dict, run_label: str, decision: dict | None = None, deploy_requested: bool = True,
+                curves_png: bytes | None = None, confusions_png: bytes | None = None) -> str:
+    """The evaluation as one self-contained HTML page (inline style, images as data URIs):
+    the headline, the gate, the training curves, the per-category confusions and F1, and
+    the run inside the published LexGLUE table. Shown on the KFP run page."""
+    rows, placed = _placement(scores, run_label)
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>tosguard evaluation: LexGLUE UNFAIR-ToS</title>", f"<style>{_STYLE}</style></head><body>",
+        "<h1>tosguard evaluation: LexGLUE UNFAIR-ToS</h1>",
+        f"<p>Test split: {scores['rows']} clauses. Metric: LexGLUE 8+1 (8 categories plus 'none'), "
+        "sklearn micro/macro-F1 over 9 columns.</p>",
+        f"<p><strong>This run: micro-F1 {scores['micro_f1']:.1f}, macro-F1 {scores['macro_f1']:.1f}</strong> "
+        f"({escape(placed)}).</p>",
+    ]
+    if decision is not None:
+        verdict = "PASSED" if decision["passed"] else "FAILED"
+        parts.append(f'<h2>Gate: <span class="{verdict.lower()}">{verdict}</span></h2>'
+                     f"<p>{escape(decision['reason'])}.</p>"
+                     f"<p>Consequence: {escape(_consequence(decision, deploy_requested).replace('`', ''))}. (Floor "
+                     f"{decision['floor']:.1f}, tolerance {decision['tolerance']:.1f} macro-F1 points.)</p>")
+    parts.append("<h2>Training</h2>")
+    if curves_png:
+        parts.append("<figure>" + figures.img_tag(curves_png, "training loss and validation micro/macro-F1 per epoch")
+                     + "<figcaption>Training loss; validation micro/macro-F1 per epoch, the kept (best) epoch "
+                     "marked.</figcaption></figure>")
+    else:
+        parts.append("<p>No training curves with this model.</p>")
+    parts.append("<h2>Per category (test)</h2>")
+    if confusions_png:
+        parts.append("<figure>" + figures.img_tag(confusions_png, "2x2 confusion matrix per category")
+                     + "<figcaption>Each category on its own (the task is multi-label): gold rows by predicted "
+                     "columns, counts, shaded by the share of the gold row.</figcaption></figure>")
+    confusion = scores.get("confusion", {})
+    parts.append('<table><tr><th>category</th><th>F1</th><th>gold</th><th>predicted</th><th>true pos.</th>'
+                 '<th>false pos.</th><th>false neg.</th></tr>')
+    for name in list(CATEGORIES) + [NONE_COLUMN]:
+        c = confusion.get(name)
+        counts = (f'<td class="n">{c["tp"] + c["fn"]}</td><td class="n">{c["tp"] + c["fp"]}</td>'
+                  f'<td class="n">{c["tp"]}</td><td class="n">{c["fp"]}</td><td class="n">{c["fn"]}</td>'
+                  if c else '<td colspan="5">(not a category: no 2x2 matrix)</td>')
+        f1 = scores["per_category_f1"][name]
+        parts.append(f'<tr><td>{escape(name)}</td><td class="n">{f1:.1f}</td>{counts}</tr>')
+    parts.append("</table>")
+    parts.append("<h2>Inside the LexGLUE table</h2><table><tr><th>rank</th><th>model</th><th>micro-F1</th>"
+                 "<th>macro-F1</th></tr>")
+    for i, (name, micro, macro, ours) in enumerate(rows, start=1):
+        row = '<tr class="ours">' if ours else "<tr>"
+        parts.append(f'{row}<td class="n">{i}</td><td>{escape(name)}</td>'
+                     f'<td class="n">{micro:.1f}</td><td class="n">{macro:.1f}</td></tr>')
+    parts += ["</table>", f"<p>{escape(SOURCE_NOTE)}</p>", "</body></html>"]
+    return "\n".join(parts) + "\n"
 
 
 def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
@@ -143,15 +215,18 @@ def decide(macro_f1: float, floor: float, tolerance: float, champion: dict | Non
     return decision
 
 
-def report_section(decision: dict, deploy_requested: bool = True) -> str:
-    verdict = "PASSED" if decision["passed"] else "FAILED"
-    consequence = (
+def _consequence(decision: dict, deploy_requested: bool) -> str:
+    return (
         "this model is promoted to `champion` and deployed" if decision["passed"] and deploy_requested
         else "this model is promoted to `champion` (deploy was not requested)" if decision["passed"]
         else "this model is registered but not promoted, and it is not deployed"
     )
+
+
+def report_section(decision: dict, deploy_requested: bool = True) -> str:
+    verdict = "PASSED" if decision["passed"] else "FAILED"
     return (
-        f"\n## Gate: {verdict}\n\n{decision['reason']}.\n\nConsequence: {consequence}. "
+        f"\n## Gate: {verdict}\n\n{decision['reason']}.\n\nConsequence: {_consequence(decision, deploy_requested)}. "
         f"(Floor {decision['floor']:.1f}, tolerance {decision['tolerance']:.1f} macro-F1 points.)\n"
     )
 
@@ -159,21 +234,48 @@ def report_section(decision: dict, deploy_requested: bool = True) -> str:
 # ------------------------------------------------------------------------------ the step
 
 
+def _pictures(scores: dict, model_dir: str, trained: dict):
+    """(confusion figure, its PNG, training-curves PNG); None for any that cannot be drawn:
+    a picture never stops the gate or the registry. The curves are the PNG stored with the
+    model, else drawn from its train summary."""
+    confusions = confusions_png = curves_png = None
+    try:
+        confusions = figures.category_confusions(scores["confusion"])
+        confusions_png = figures.png_bytes(confusions)
+        stored = Path(model_dir) / figures.TRAINING_CURVES_FILE
+        if stored.is_file():
+            curves_png = stored.read_bytes()
+        elif trained.get("history"):
+            curves_png = figures.png_bytes(figures.training_curves(trained["history"],
+                                                                   best_epoch=trained.get("best_epoch")))
+    except Exception as exc:  # noqa: BLE001 (pictures are optional)
+        log.warning("evaluate: could not draw the figures (%s: %s)", type(exc).__name__, exc)
+    return confusions, confusions_png, curves_png
+
+
 def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash: str, mlflow_run_id: str,
              gate_floor: float, gate_tolerance: float, deploy_requested: bool, run_label: str,
-             scores_path: str, report_path: str) -> dict:
-    """Score on the test split, decide the gate against the champion, write the report and
-    the model card into the store, register the version, move `champion` if it passed."""
+             scores_path: str, report_path: str, html_path: str = "") -> dict:
+    """Score on the test split, decide the gate against the champion, write the reports
+    (Markdown, and HTML with the figures, at html_path when given) and the model card into
+    the store, register the version, move `champion` if it passed."""
     started = time.time()
     scores = evaluate(model_dir, tokenized_dir)
     summary_path = Path(model_dir) / COMPLETE_MARK
     trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     card = json.loads((Path(model_dir) / CARD_FILE).read_text())
+    confusions, confusions_png, curves_png = _pictures(scores, model_dir, trained)
     with pipeline_run(mlflow_run_id, safe=f"The model and its scores are in the store at {model_store_uri}.") as mlflow:
         decision = decide(scores["macro_f1"], gate_floor, gate_tolerance, champion())
         report = report_markdown(scores, run_label) + report_section(decision, deploy_requested)
+        report += ("\nFigures (training curves, a 2x2 confusion per category) are in the HTML report: "
+                   "`report_html` on the KFP run page, `evaluation/report.html` in MLflow, `report.html` beside "
+                   "this report in the store.\n")
+        page = report_html(scores, run_label, decision, deploy_requested, curves_png, confusions_png)
         scored = json.dumps({**scores, "gate": decision}, indent=2)
         Path(report_path).write_text(report)
+        if html_path:
+            Path(html_path).write_text(page, encoding="utf-8")
         Path(scores_path).write_text(scored)
         info = {
             "version": version_of(model_store_uri), "base_model": card["base_model"],
@@ -187,6 +289,7 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
         # card is written by the first evaluation of the version only.
         evaluation = storage.join(model_store_uri, "evaluations", mlflow_run_id)
         storage.write_text(storage.join(evaluation, "report.md"), report)
+        storage.write_text(storage.join(evaluation, "report.html"), page)
         storage.write_text(storage.join(evaluation, "scores.json"), scored)
         if not storage.exists(storage.join(model_store_uri, "MODEL_CARD.md")):
             storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
@@ -205,6 +308,9 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
                             for k, v in scores["per_category_f1"].items()})
         mlflow.set_tags({"gate.passed": decision["passed"], "gate": json.dumps(decision), "model_version": version})
         mlflow.log_artifact(report_path, "evaluation")
+        mlflow.log_text(page, "evaluation/report.html")
+        if confusions is not None:
+            mlflow.log_figure(confusions, f"evaluation/{figures.CONFUSIONS_FILE}")
         mlflow.log_dict({**scores, "gate": decision}, "evaluation/scores.json")
         mlflow.log_dict(decision, "evaluation/gate.json")
         mlflow.log_metric("step_seconds.evaluate", time.time() - started)

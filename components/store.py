@@ -9,9 +9,10 @@ or ``s3://bucket/prefix``. Layout:
         tokenizer.json, tokenizer_config.json   tokenizer
         classifier.safetensors, tosguard.json   head, label names, thresholds, pooling
         labels.json, thresholds.json            label names and decision thresholds
+        training_curves.png                     loss and validation F1 per epoch, best epoch marked
         train_summary.json                      written last: the model is complete
         MODEL_CARD.md                           added by the first evaluation
-        evaluations/<MLflow run id>/            report.md, scores.json of each evaluation
+        evaluations/<MLflow run id>/            report.md, report.html, scores.json of each evaluation
 
 ``<key>`` is ``<data hash>-<config fingerprint>`` (12 hex each): the content key. Each
 training writes a new ``<version>`` (``<UTC time>-<random>``) under its key, so a retrain,
@@ -171,7 +172,9 @@ def model_card(info: dict) -> str:
         "",
         "`model.safetensors` + `config.json`: the merged encoder (plain transformers, no peft); "
         "`adapter/`: the LoRA adapter alone; `classifier.safetensors` and `tosguard.json`: the head, "
-        "pooling, label names and thresholds; `report.md`: the evaluation placed in the LexGLUE table.",
+        "pooling, label names and thresholds; `training_curves.png`: loss and validation F1 per epoch; "
+        "`evaluations/<run>/report.md` and `report.html`: the evaluation placed in the LexGLUE table (the HTML "
+        "with the figures).",
         "",
         "Training data: LexGLUE UNFAIR-ToS (Chalkidis et al., 2022; CLAUDETTE corpus, Lippi et al., 2019), "
         "CC BY 4.0.",

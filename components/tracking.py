@@ -108,6 +108,13 @@ class RunLogger:
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         self._call("log_artifacts", local_dir, artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib figure, saved as `artifact_file` (e.g. a .png) among the run's artifacts."""
+        self._call("log_figure", figure, artifact_file)
+
     # -- buffering
     def _call(self, method: str, *args, **kwargs) -> None:
         self.pending.append((method, args, kwargs))

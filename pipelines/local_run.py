@@ -70,6 +70,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
             "pipeline_root": str(output_dir / "artifacts"),
             "model": model_dir,
             "report": str(output_dir / "report.md"),
+            "report_html": str(output_dir / "report.html"),
         },
         "gate": gate,
         "deployed": deployed,
@@ -84,9 +85,10 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
         "config": config.to_dict(),
         "source": source,
     }
-    # Copy the report next to the summary so a person finds both in one place.
-    report = next((output_dir / "artifacts").glob("*/evaluate-model/report"), None)
-    if report:
-        (output_dir / "report.md").write_text(report.read_text())
+    # Copy the reports next to the summary so a person finds them in one place.
+    for artifact, name in (("report", "report.md"), ("report_html", "report.html")):
+        report = next((output_dir / "artifacts").glob(f"*/evaluate-model/{artifact}"), None)
+        if report:
+            (output_dir / name).write_bytes(report.read_bytes())
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

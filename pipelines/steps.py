@@ -6,7 +6,7 @@ step records into the pipeline's one MLflow run (opened by open-run).
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from tosguard.pipelines.images import BASE_IMAGE, TRAINER_IMAGE
 
@@ -75,16 +75,18 @@ def train_with_trainjob(tokenized_data: Input[Dataset], data_hash: str, train_co
 def evaluate_model(
     tokenized_data: Input[Dataset], model: Input[Model], model_uri: str, data_hash: str, mlflow_run_id: str,
     gate_floor: float, gate_tolerance: float, deploy: bool, metrics: Output[Metrics],
-    classification: Output[ClassificationMetrics], report: Output[Markdown], scores: Output[Artifact],
+    classification: Output[ClassificationMetrics], report: Output[Markdown], report_html: Output[HTML],
+    scores: Output[Artifact],
 ) -> NamedTuple("EvaluateOutputs", [("micro_f1", float), ("macro_f1", float), ("gate_passed", bool),
                                     ("gate_reason", str), ("model_version", str)]):
-    """LexGLUE 8+1 micro/macro-F1 on the full test split, the report, the gate decision;
-    registers the model version and moves `champion` when the gate passes."""
+    """LexGLUE 8+1 micro/macro-F1 on the full test split, the report (Markdown, and HTML with
+    the training curves and a confusion per category), the gate decision; registers the
+    model version and moves `champion` when the gate passes."""
     from tosguard.components.evaluate import run_step
 
     label = f"tosguard ({model.metadata.get('method', '?')}, this run)"
     out = run_step(tokenized_data.path, model.path, model_uri, data_hash, mlflow_run_id, gate_floor,
-                   gate_tolerance, deploy, label, scores.path, report.path)
+                   gate_tolerance, deploy, label, scores.path, report.path, report_html.path)
     result, gate = out["scores"], out["gate"]
     metrics.log_metric("test_micro_f1", round(result["micro_f1"], 2))
     metrics.log_metric("test_macro_f1", round(result["macro_f1"], 2))

@@ -119,6 +119,12 @@ def test_evaluate_emits_ui_artifacts(tmp_path):
     assert kinds["metrics"] == "system.Metrics"
     assert kinds["classification"] == "system.ClassificationMetrics"
     assert kinds["report"] == "system.Markdown"
+    # The HTML report (training curves, a 2x2 confusion per category) renders on the run page.
+    assert kinds["report_html"] == "system.HTML"
+    evaluate_task = _tasks(spec_doc)["evaluate-model"]
+    assert evaluate_task["componentRef"]["name"] == "comp-evaluate-model"
+    command = " ".join(spec_doc["deploymentSpec"]["executors"]["exec-evaluate-model"]["container"]["command"])
+    assert "report_html.path" in command
     assert spec_doc["components"]["comp-train-model"]["outputDefinitions"]["artifacts"]["curves"]["artifactType"][
         "schemaTitle"] == "system.Metrics"
 

@@ -81,12 +81,13 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     assert {"model.safetensors", "config.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
             "tokenizer.json", "labels.json", "thresholds.json", "tosguard.json", "classifier.safetensors",
             "train_summary.json", f"evaluations/{run_id}/report.md", f"evaluations/{run_id}/scores.json",
-            "MODEL_CARD.md"} <= stored
+            "MODEL_CARD.md", "training_curves.png", f"evaluations/{run_id}/report.html"} <= stored
     card = storage.read_text(f"{model_uri}/MODEL_CARD.md")
     for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}"):
         assert fact in card, fact
-    # MLflow's artifacts went through the tracking server into the same S3.
-    assert "evaluation/report" in {k.split("/artifacts/", 1)[-1] for k in _keys(moto, "mlartifacts")}
+    # MLflow's artifacts went through the tracking server into the same S3, the figures too.
+    assert {"evaluation/report", "evaluation/report.html", "evaluation/category_confusions.png",
+            "model/training_curves.png"} <= {k.split("/artifacts/", 1)[-1] for k in _keys(moto, "mlartifacts")}
 
     # Registered, promoted, deployed.
     client = MlflowClient(tracking.url)

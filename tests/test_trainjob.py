@@ -142,8 +142,10 @@ def test_the_train_step_runs_a_train_job_and_takes_the_model_from_the_store(
     """The whole step with trainer=trainjob: the tokenized data goes to the store, the
     TrainJob is created with the worker's arguments, its rank 0 (played here by the fake
     controller) uploads a model, and the step completes the version and records it."""
+    from mlflow import MlflowClient
+
     from tosguard.components.store import find_model
-    from tosguard.components.tracking import open_pipeline_run
+    from tosguard.components.tracking import open_pipeline_run, tracking_uri
     from tosguard.components.train import step
 
     def rank0_uploads(job):
@@ -175,6 +177,10 @@ def test_the_train_step_runs_a_train_job_and_takes_the_model_from_the_store(
     assert summary["model_uri"].endswith(f"/run-{run_id}") and summary["method"] == "qlora"
     assert find_model(summary["model_uri"])["world_size"] == 4, "the version was completed, mark last"
     assert (tosguard_home / "out" / "model.safetensors").is_file()
+    # The training curves, drawn from the workers' summary, join the version before its mark.
+    assert "training_curves.png" in storage.list_files(summary["model_uri"])
+    logged = {a.path for a in MlflowClient(tracking_uri()).list_artifacts(run_id, "model")}
+    assert "model/training_curves.png" in logged
     with pytest.raises(ValueError, match="needs an s3:// store"):
         step.run_step(str(tokenized_dir), "b" * 64, config, run_id, str(tosguard_home / "x"),
                       store=str(tosguard_home / "local-store"), gpus=1, trainer="trainjob")

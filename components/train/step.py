@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from tosguard.components import storage
+from tosguard.components import figures, storage
 from tosguard.components.config import ADAPTER_DIR, CARD_FILE, COMPLETE_MARK, TrainConfig
 from tosguard.components.store import (
     code_version, mark_complete, model_key, model_uri, new_version, newest_complete, save_model, version_of,
@@ -29,6 +29,39 @@ def _log_curves(mlflow, summary: dict) -> None:
         mlflow.log_metrics({"val_micro_f1": record["val_micro_f1"], "val_macro_f1": record["val_macro_f1"],
                             "epoch_train_loss": record["train_loss"]}, step=record["step"])
     mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"]})
+
+
+class _LossRecorder:
+    """The RunLogger as train() sees it: every call goes through, and the per-step train
+    loss it logs is kept for the training-curves figure (after a resume: from there on)."""
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.losses: list[tuple[int, float]] = []
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.log_metrics({key: value}, step=step)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if "train_loss" in metrics and step is not None:
+            self.losses.append((int(step), float(metrics["train_loss"])))
+        self.logger.log_metrics(metrics, step=step)
+
+    def __getattr__(self, name):
+        return getattr(self.logger, name)
+
+
+def _draw_curves(summary: dict, output_dir: str, losses=()):
+    """The training-curves figure, also written as training_curves.png into the model folder
+    (it is stored with the model). A picture never costs a trained model: a drawing error
+    is logged and the step goes on without it (returns None)."""
+    try:
+        figure = figures.training_curves(summary.get("history", []), losses, best_epoch=summary.get("best_epoch"))
+        (Path(output_dir) / figures.TRAINING_CURVES_FILE).write_bytes(figures.png_bytes(figure))
+        return figure
+    except Exception as exc:  # noqa: BLE001 (a figure is optional)
+        log.warning("train: could not draw the training curves (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def _train_with_trainjob(tokenized_dir: str, key: str, config: TrainConfig, uri: str, store: str, checkpoints: str,
@@ -92,8 +125,12 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
                      uri)
             storage.download_folder(uri, output_dir)
             _log_curves(mlflow, summary)
+            # A model stored before the figure existed has none: draw it here (not stored).
+            curves = Path(output_dir) / figures.TRAINING_CURVES_FILE
+            figure = None if curves.is_file() else _draw_curves(summary, output_dir)
             reused = True
         else:
+            losses = ()  # the per-step loss, where this process trains and sees it
             if trainer == "trainjob":
                 summary = _train_with_trainjob(tokenized_dir, key, config, uri, store, checkpoints, nodes, gpus,
                                                trainjob_image, namespace, output_dir)
@@ -102,13 +139,19 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
                 summary = train_data_parallel(tokenized_dir, config, output_dir, gpus, checkpoint_dir=checkpoints)
                 _log_curves(mlflow, summary)
             else:
-                summary = train(tokenized_dir, config, output_dir, mlflow=mlflow, checkpoint_dir=checkpoints)
+                recorder = _LossRecorder(mlflow)
+                summary = train(tokenized_dir, config, output_dir, mlflow=recorder, checkpoint_dir=checkpoints)
+                losses = recorder.losses
             summary.update({
                 "version": version, "data_hash": data_hash, "base_model": config.base_model, "method": config.method,
                 "source": source, "code_version": code_version(), "mlflow_run_id": mlflow_run_id,
                 "config": config.to_dict(), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
-            if trainer == "trainjob":  # the workers uploaded the files; the mark goes last
+            figure = _draw_curves(summary, output_dir, losses)
+            curves = Path(output_dir) / figures.TRAINING_CURVES_FILE
+            if trainer == "trainjob":  # the workers uploaded the files; the figure, then the mark, go last
+                if figure is not None:
+                    storage.upload_file(curves, storage.join(uri, figures.TRAINING_CURVES_FILE))
                 mark_complete(uri, summary)
             else:
                 stored = save_model(output_dir, uri, summary)
@@ -121,6 +164,10 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
         if (Path(output_dir) / ADAPTER_DIR).is_dir():  # LoRA and QLoRA; full fine-tuning has none
             mlflow.log_artifacts(str(Path(output_dir) / ADAPTER_DIR), "model/adapter")
         mlflow.log_artifact(str(Path(output_dir) / CARD_FILE), "model")
+        if figure is not None:
+            mlflow.log_figure(figure, f"model/{figures.TRAINING_CURVES_FILE}")
+        elif curves.is_file():  # the reused model's stored picture
+            mlflow.log_artifact(str(curves), "model")
         mlflow.log_dict(summary, "model/train_summary.json")
         mlflow.log_metric("step_seconds.train", time.time() - started)
     return {**summary, "model_uri": uri, "reused": reused}
