@@ -228,3 +228,12 @@ def _labels(row: dict, path: Path, number: int) -> list[int]:
                                            or not 0 <= l < NUM_CATEGORIES for l in labels):
         raise ValueError(f"{path}:{number}: 'labels' must be a list of category indices 0-{NUM_CATEGORIES - 1}")
     return labels
+
+
+def categories_on_gold(spans: list[tuple[int, int]], flagged: list[dict]) -> list[set[str]]:
+    """Document mode on gold sentences: per gold (start, end), the categories of every
+    flagged clause ({"start", "end", "categories"}, as `analyze` reports them) that overlaps
+    it by at least one character. A clause spanning two gold sentences gives its categories
+    to both; a gold sentence cut into several clauses takes the union of theirs."""
+    return [{c for f in flagged if f["start"] < end and f["end"] > start for c in f["categories"]}
+            for start, end in spans]

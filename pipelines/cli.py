@@ -246,7 +246,7 @@ def _cmd_eval(args) -> int:
     documents with each gold sentence taking the categories of the clauses that overlap it)."""
     import numpy as np
 
-    from tosguard.components.documents import read_labelled
+    from tosguard.components.documents import categories_on_gold, read_labelled
     from tosguard.components.labels import multi_hot
     from tosguard.components.metrics import lexglue_scores
 
@@ -258,8 +258,7 @@ def _cmd_eval(args) -> int:
         sentence_mode += [multi_hot([CATEGORIES_INDEX[c] for c in r["categories"]]) for r in scorer.score(data["clauses"])]
         if data["kind"] == "document":
             report = scorer.analyze(data["text"])
-            for start, end in data["spans"]:
-                found = {c for f in report["flagged"] if f["start"] < end and f["end"] > start for c in f["categories"]}
+            for found in categories_on_gold(data["spans"], report["flagged"]):
                 document_mode.append(multi_hot([CATEGORIES_INDEX[c] for c in found]))
     out = {"files": len(args.files), "rows": len(gold),
            "clauses": lexglue_scores(np.asarray(gold), np.asarray(sentence_mode))}

@@ -1,8 +1,36 @@
 """Clause splitting: a Terms of Service text -> the character spans of its clauses.
 
-Linear in the text's length: each boundary looks back a bounded distance only. A span
-longer than MAX_SPAN_CHARS (a text without sentence boundaries) is cut at whitespace into
-pieces of at most CHUNK_CHARS, so no document is ever scored as one giant clause.
+Chosen by measurement (benchmarks/split_study.py, issue #14): on the shared newer ToS the
+costly mistakes were never extra cuts but missing ones, above all a section heading glued to
+the first sentence of its section ("13. OUR LIABILITY We will...", "Governing Law If you
+are..."), so that the heading took the categories of the sentence. The rules, in order:
+
+1. Sentence ends: . ! ? (with any closing quotes or brackets) before whitespace, unless the
+   next word starts in lower case (other than a list marker such as "a." or "ii."), or the
+   word before is an abbreviation: always ("e.g.", "i.e.", "cf.", "Mr."), before a number
+   ("No. 5", "Sec. 512", "Jan. 5"), or before anything but a word that usually opens a
+   sentence ("U.S.", "Inc.", "Ltd.", an initial: "Acme Inc. We..." is cut, "U.S.
+   Government" and "John F. Kennedy" are not). A lone section number ("12.") is a clause
+   of its own; a lone letter or roman marker ("(a)", "iv.") stays with the clause it
+   opens, as in LexGLUE's training text. URLs, e-mail addresses and decimals never hold a
+   full stop followed by whitespace, so they are never cut.
+2. Layout: a blank line always ends a clause; a single line break does when the line before
+   ends in . ! ? : ; or looks like a heading (short, capitalised, no final punctuation), or
+   the next line opens with a bullet or list marker; a bullet (•) ends a clause wherever
+   it stands. Other line breaks are wrapped lines. A semicolon alone does not cut (LexGLUE
+   sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
+   a colon only before a list item ("...terminate your account: (a) if you...").
+3. Headings run into the text (HTML or PDF flattened into one line): at each clause start,
+   after an optional section marker, an ALL-CAPS heading followed by a mixed-case word or
+   a section number, a Title-Case heading followed by a word that opens sentences ("We",
+   "If", "These", "You", ...), by an ALL-CAPS sentence or by a section number, is cut off;
+   after a section marker also a sentence-case heading ("7. User content Our products...").
+
+Linear in the text's length: every decision looks at a bounded window around one candidate
+(LOOK_BACK / LOOK_AHEAD / HEADING_WINDOW characters), and no pattern backtracks over more
+than one run of the same characters. A span longer than MAX_SPAN_CHARS (a text without
+sentence boundaries) is cut at whitespace into pieces of at most CHUNK_CHARS, so no document
+is ever scored as one giant clause.
 """
 from __future__ import annotations
 
@@ -10,23 +38,287 @@ import re
 
 MAX_SPAN_CHARS = 2_000
 CHUNK_CHARS = 1_000
-# Sentence ends: . ! ? ; followed by space, unless the word before is a known abbreviation.
-_ABBREVIATIONS = {"e.g", "i.e", "etc", "inc", "ltd", "co", "corp", "llc", "u.s", "u.k", "no", "vs", "mr", "ms",
-                  "dr", "st", "art", "sec", "para", "cf", "approx", "incl"}
-_LIST_MARKER = re.compile(r"^\(?[0-9a-zA-Z]{1,3}[.)]$")  # "1." or "(a)" opening a clause
-_BOUNDARY = re.compile(r"(?<=[.!?;])\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)]|\(?[a-z]\)))")
-_LOOK_BACK = 16  # longer than any abbreviation and list marker
+LOOK_BACK = 32  # longer than any abbreviation the rules look at
+LOOK_AHEAD = 32
+HEADING_WINDOW = 200  # a heading and the first words after it
+HEADING_WORDS = 14
+HEADING_PEELS = 3  # "Introduction 1.1 Contract When you use..." holds two headings
+
+# Candidate cuts, each a match whose start ends the clause before and whose end starts the
+# next: sentence punctuation (a run of it is tried only from its first character, so a long
+# run costs one pass), a line break with the whitespace after it, or the place of a bullet.
+_BULLETS = "•●▪◦■□►‣⁃"
+_CLOSERS = "\"'”’»)]"
+_CANDIDATE = re.compile(
+    rf"(?<![.!?:;])[.!?:;]+[{re.escape(_CLOSERS)}]*(?P<ws>\s+)"
+    r"|(?P<nl>\n)\s*"
+    rf"|(?P<bullet>)(?=[{_BULLETS}])"
+)
+
+# Abbreviations (lower case, without the final full stop): never a sentence end...
+_ALWAYS = {"e.g", "i.e", "eg", "ie", "cf", "viz", "vs", "mr", "mrs", "ms", "dr", "prof", "approx", "incl", "esp",
+           "resp", "w.r.t", "a.k.a"}
+# ...not before a number or a bracket ("No. 5", "Sec. 512(f)", "Jan. 5")...
+_BEFORE_NUMBER = {"no", "nos", "art", "arts", "sec", "secs", "s", "ss", "para", "paras", "p", "pp", "fig", "vol",
+                  "ch", "cl", "reg", "ref", "tel", "ph", "fax", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+                  "sept", "oct", "nov", "dec", "ver", "v", "op", "ed", "rev"}
+# ...and a sentence end only before a word that opens sentences ("Acme Inc. We may...").
+_WEAK = {"inc", "ltd", "corp", "co", "llc", "llp", "lp", "plc", "gmbh", "ag", "sa", "sarl", "bv", "nv", "pty", "pte",
+         "jr", "sr", "st", "al", "dept", "univ", "assn", "bros", "ave", "blvd", "rd", "ste", "fl"}
+_INITIALISM = re.compile(r"(?:[a-z]\.)+[a-z]")  # u.s, u.s.c, b.v, r.l
+# Words that open sentences far more often than they continue a capitalised name.
+_OPENERS = {"we", "you", "your", "our", "us", "if", "these", "this", "the", "those", "that", "when", "where", "unless",
+            "please", "by", "in", "to", "for", "any", "all", "each", "every", "nothing", "no", "except", "subject",
+            "notwithstanding", "without", "upon", "under", "at", "as", "it", "its", "there", "such", "some",
+            "certain", "neither", "although", "while", "because", "since", "before", "after", "during", "whether",
+            "once", "from", "on", "with", "a", "an", "i", "my", "they", "their", "he", "she", "here", "what", "how",
+            "who", "why", "also", "both", "either", "many", "most", "not", "only", "other", "note", "further",
+            "additionally", "however", "therefore", "accordingly", "finally", "then", "occasionally", "sometimes",
+            "generally", "currently", "periodically", "otherwise", "instead", "thus"}
+# Words that open sentences and not headings.
+_SENTENCE_ONLY = {"we", "you", "i", "if", "when", "where", "unless", "please", "by", "to", "in", "except", "nothing",
+                  "notwithstanding", "subject", "although", "while", "because", "neither", "it", "there", "they",
+                  "he", "she", "without", "upon", "once", "whether"}
+# Words a heading does not end on.
+_FUNCTION = {"a", "an", "the", "of", "and", "or", "to", "for", "in", "on", "with", "by", "at", "from", "as", "that",
+             "under", "about", "into", "than", "via", "per", "between", "against", "&", "-", "/", "–", "—", "nor",
+             "its", "their", "our", "your", "this", "these", "and/or"}
+# Words of a sentence, never of a heading ("Will These Terms Ever Change?" is a question)...
+_AUXILIARIES = {"may", "will", "shall", "must", "can", "could", "would", "should", "is", "are", "was", "were", "be",
+                "been", "do", "does", "did", "have", "has", "had"}
+# ...and, in lower case, not of a sentence-case heading either.
+_SENTENCE_VERBS = _AUXILIARIES | {"not", "agree", "agrees", "acknowledge", "understand", "accept", "reserve", "reserves"}
+# "Any Content You submit..." is a sentence, not the heading "Any Content".
+_DETERMINERS = {"any", "all", "each", "every", "the", "this", "these", "that", "those", "such", "some", "no", "certain",
+                "other", "a", "an"}
+_PRONOUNS = {"you", "we", "i", "they", "us"}
+
+_NUMBER_MARKER = r"\(?\d{1,3}(?:\.\d{1,3}){0,3}"
+_LETTER_MARKER = r"\(?(?:[a-zA-Z]|[ivxlcIVXLC]{1,6})[.)]"
+_MARKER = re.compile(rf"{_NUMBER_MARKER}[.)]?|{_LETTER_MARKER}|§+\d[\d.]*")  # opens a clause: 1 1.2 (a) iv. §3
+_LONE_MARKER = re.compile(rf"{_NUMBER_MARKER}[.)]|{_LETTER_MARKER}")
+_SECTION_NUMBER = re.compile(r"\d{1,3}(?:\.\d{1,3}){1,3}\.?|\d{1,3}\.")
+_LIST_ITEM = re.compile(rf"(?:\(?(?:[a-z]|[ivx]{{1,5}}|\d{{1,2}})\)|\d{{1,3}}(?:\.\d{{1,3}}){{1,3}}\.?|[{_BULLETS}])\s")
+_NEXT_LIST_MARKER = re.compile(r"\(?(?:[a-z]|[ivxlc]{1,6})[.)]\s")
+_LINE_LIST_MARKER = re.compile(rf"[-*{_BULLETS}]|(?:{_NUMBER_MARKER}[.)]|{_LETTER_MARKER})\s")
+_NOT_AFTER_SECTION = {"section", "sections", "article", "articles", "clause", "clauses", "paragraph", "part", "schedule",
+                      "appendix", "annex", "exhibit", "chapter", "version", "no", "item", "step", "rule", "page"}
+_WORD = re.compile(r"\S+")
+_EDGE = "\"'“”‘’«»()[]{}*_"
 
 
-def _is_false_boundary(text: str, start: int, end: int) -> bool:
-    """A full stop after an abbreviation, or after a list marker that opens the clause."""
-    tail = text[max(start, end - _LOOK_BACK) : end].rstrip()
-    if not tail.endswith("."):
-        return False
-    last_word = tail.rsplit(None, 1)[-1].rstrip(".!?;").lower() if tail.strip() else ""
-    if last_word in _ABBREVIATIONS:
+def _bare(word: str) -> str:
+    return word.strip(_EDGE)
+
+
+def _previous_word(text: str, start: int, cut: int) -> str:
+    """The word before the final punctuation at `cut`, lower case, quotes and brackets off."""
+    window = text[max(start, cut - LOOK_BACK):cut]
+    word = window.rsplit(None, 1)[-1] if window.strip() else ""
+    return word.lstrip(_EDGE).rstrip(_CLOSERS).rstrip(".!?").lower()
+
+
+def _sentence_end(text: str, start: int, match: re.Match) -> bool:
+    """Whether the punctuation in `match` ends the clause begun at `start`."""
+    after = match.end()
+    following = text[after:after + LOOK_AHEAD]
+    if not following or text.count("\n", match.start("ws"), after) >= 2:
         return True
-    return end - start <= _LOOK_BACK and bool(_LIST_MARKER.match(text[start:end].strip()))
+    first = following[0]
+    mark = text[match.start():match.start("ws")].rstrip(_CLOSERS)[-1]
+    if mark in ":;":  # at the end of a line, or a colon before a list: "...where: (a) you..."
+        return "\n" in text[match.start("ws"):after] or (mark == ":" and bool(_LIST_ITEM.match(following)))
+    if first.islower():
+        return bool(_NEXT_LIST_MARKER.match(following))
+    cut = match.start("ws")
+    if text[cut - 1] != ".":
+        return True  # ! ? and punctuation inside quotes or brackets end clauses
+    if cut - start <= 12 and _LONE_MARKER.fullmatch(text[start:cut].strip()):
+        return text[start:cut].lstrip()[0].isdigit()  # "12." stands alone; "(a)" "iv." open what follows
+    word = _previous_word(text, start, cut)
+    next_word = _bare(following.split(None, 1)[0]).lower()
+    if word in _ALWAYS:
+        return False
+    if word in _BEFORE_NUMBER and (first.isdigit() or first == "("):
+        return False
+    if word in _WEAK or _INITIALISM.fullmatch(word) or (len(word) == 1 and text[cut - 2].isupper()):
+        return next_word in _OPENERS  # "U.S. Government", "John F. Kennedy", but "...in the U.S. If you..."
+    return True
+
+
+def _line_break_ends(text: str, start: int, at: int, after: int) -> bool:
+    """Whether a single line break at `at` ends the clause begun at `start`."""
+    following = text[after:after + LOOK_AHEAD]
+    if not following or _LINE_LIST_MARKER.match(following):
+        return True
+    window = text[max(start, at - 120):at]
+    line = window[window.rfind("\n") + 1:].strip()
+    if not line:
+        return False
+    if line[-1] in ".!?:;" or (line[-1] in _CLOSERS and len(line) > 1 and line[-2] in ".!?"):
+        return True
+    whole_line = "\n" in window or at - start <= 120
+    return (whole_line and len(line) <= 80 and (following[0].isupper() or following[0].isdigit())
+            and _looks_like_heading(line))
+
+
+def _looks_like_heading(line: str) -> bool:
+    words = [w for w in (_bare(w) for w in line.split()) if w]
+    if len(words) > 1 and _MARKER.fullmatch(words[0]):
+        words = words[1:]
+    if not words or len(words) > HEADING_WORDS or words[-1].lower() in _FUNCTION:
+        return False
+    return all(w[0].isupper() or w[0].isdigit() or w.lower() in _FUNCTION for w in words)
+
+
+def _raw_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for match in _CANDIDATE.finditer(text):
+        if match.group("nl") is not None:
+            at = match.start("nl")
+            blank = text.count("\n", at + 1, match.end()) > 0
+            if not (blank or _line_break_ends(text, start, at, match.end())):
+                continue
+            cut = at
+        elif match.group("bullet") is not None:
+            cut = match.start()
+        else:
+            if not _sentence_end(text, start, match):
+                continue
+            cut = match.start("ws")
+        if cut > start:
+            spans.append((start, cut))
+        start = match.end()
+    spans.append((start, len(text)))
+    return spans
+
+
+# ------------------------------------------------------------------------------ headings
+
+
+def _is_caps(word: str) -> bool:
+    return any(c.isalpha() for c in word) and not any(c.islower() for c in word)
+
+
+def _lower(word: str) -> str:
+    return _bare(word).rstrip(":").lower()
+
+
+def _heading_cut(text: str, start: int, end: int, after_marker: bool = False) -> int | None:
+    """Where a heading at the start of the clause [start, end) ends and the clause proper
+    begins, or None. Looks at HEADING_WINDOW characters only."""
+    window_end = min(end, start + HEADING_WINDOW)
+    words = [(m.start(), m.group()) for m in _WORD.finditer(text, start, window_end)]
+    if window_end < end and words:
+        words.pop()  # the window may cut the last word
+    marked = bool(words) and _MARKER.fullmatch(words[0][1]) is not None
+    words = words[1:] if marked else words
+    marked = marked or after_marker
+    words = words[:HEADING_WORDS + 1]
+    if len(words) < 2:
+        return None
+    if _is_caps(words[0][1]):
+        return _caps_heading_cut(words)
+    return _title_heading_cut(words, marked)
+
+
+def _caps_heading_cut(words: list[tuple[int, str]]) -> int | None:
+    """An ALL-CAPS heading: cut before the first mixed-case word or section number after it
+    ("OUR LIABILITY We will...", "CHANGES TO THE TERMS 3.1 Skype may..."). A heading before
+    an ALL-CAPS sentence is left alone: nothing tells where one ends and the other begins."""
+    letters = 0
+    for i, (at, word) in enumerate(words):
+        bare = _bare(word)
+        if i and (_SECTION_NUMBER.fullmatch(word) or (bare[:1].isupper() and not _is_caps(bare))):
+            before = _lower(words[i - 1][1])
+            if (letters >= 5 or i >= 2) and before not in _FUNCTION and before not in _NOT_AFTER_SECTION:
+                return at
+            return None
+        if not (_is_caps(word) or bare in ("&", "-", "/", "–", "—")):
+            return None
+        if word[-1] in ",.!?":
+            return None
+        letters += sum(c.isalpha() for c in word)
+    return None
+
+
+def _title_heading_cut(words: list[tuple[int, str]], marked: bool) -> int | None:
+    """A Title-Case heading (or a short sentence-case one): cut before an ALL-CAPS sentence or
+    a section number that follows it, or before the word of the run that opens the sentence
+    ("Governing Law If you...", "Controlling Law These Terms will...")."""
+    title = _heading_run(words, lowercase=False)
+    cut = _cut_after_run(words, title) if title else None
+    if cut is not None or not marked:
+        return cut
+    # After a section marker, sentence case too ("7. User content Our products may..."):
+    # the first opener after an acceptable heading.
+    run = _heading_run(words, lowercase=True)
+    cut = _cut_after_run(words, run, openers=False) if run else None
+    if cut is not None:
+        return cut
+    for i in range(1, run):
+        if _opens_sentence(_bare(words[i][1])) and _heading_ok(words, i):
+            return words[i][0]
+    return None
+
+
+def _heading_run(words: list[tuple[int, str]], lowercase: bool) -> int:
+    """How many words from the start can belong to a heading: capitalised words, numbers and
+    small words (and lower-case words when asked), up to a full stop or an ALL-CAPS sentence."""
+    run = 0
+    for i, (_, word) in enumerate(words):
+        core = _bare(word).rstrip(",;:")
+        if not core or word[-1] in ".!?":
+            break
+        if i and len(words) >= i + 3 and all(_is_caps(w) and len(_bare(w)) >= 2 for _, w in words[i:i + 3]):
+            break  # an ALL-CAPS sentence starts here
+        if not (core[0].isupper() or core.isdigit() or core.lower() in _FUNCTION
+                or (lowercase and core.replace("-", "").isalpha() and core.islower())):
+            break
+        run += 1
+        if word[-1] == ":":
+            break
+    return run
+
+
+def _heading_ok(words: list[tuple[int, str]], i: int) -> bool:
+    """Whether words[:i] can be a heading, with the sentence starting at words[i]."""
+    head = [_lower(w) for _, w in words[:i]]
+    if not head[-1] or head[-1] in _FUNCTION or head[-1][-1] in ",;" or head[0] in _SENTENCE_ONLY:
+        return False
+    if any(w.rstrip(",;") in _AUXILIARIES for w in head):
+        return False  # "Will These Terms Ever Change?" is a question, not a heading
+    lowercase = [h for h, (_, w) in zip(head, words) if _bare(w).islower() and h not in _FUNCTION]
+    if any(w.rstrip(",;") in _SENTENCE_VERBS for w in lowercase):
+        return False
+    opener = _lower(words[i][1]) if i < len(words) else ""
+    return not (opener in _PRONOUNS and head[0] in _DETERMINERS)  # "Any Content You submit..."
+
+
+def _cut_after_run(words: list[tuple[int, str]], run: int, openers: bool = True) -> int | None:
+    """Where the clause proper begins after words[:run], a possible heading: at an ALL-CAPS
+    sentence or a section number right after it (or after a colon), or (openers) at the run's
+    last sentence opener, when lower-case words go on after the run."""
+    if run < len(words):
+        next_at, next_word = words[run]
+        caps_sentence = len(words) >= run + 3 and all(_is_caps(w) and len(_bare(w)) >= 2 for _, w in words[run:run + 3])
+        if words[run - 1][1].endswith(":") or caps_sentence:
+            return next_at if _bare(next_word)[:1].isupper() and _heading_ok(words, run) else None
+        if _SECTION_NUMBER.fullmatch(next_word):
+            ok = _heading_ok(words, run) and _lower(words[run - 1][1]) not in _NOT_AFTER_SECTION
+            return next_at if ok else None
+    if not openers or run >= len(words) or not _bare(words[run][1])[:1].islower():
+        return None  # "Keeping Your Account Secure." is all heading: no sentence goes on after it
+    # Title Case stops within a few words of the sentence: its last opener
+    openers = [i for i in range(max(1, run - 4), run) if _opens_sentence(_bare(words[i][1]))]
+    return words[openers[-1]][0] if openers and _heading_ok(words, openers[-1]) else None
+
+
+def _opens_sentence(bare: str) -> bool:
+    return (bare.lower() in _OPENERS and bare[0].isupper() and not _is_caps(bare)) or bare == "I"
+
+
+# ------------------------------------------------------------------------------ assembly
 
 
 def _chunks(text: str, start: int, end: int):
@@ -39,22 +331,36 @@ def _chunks(text: str, start: int, end: int):
     yield start, end
 
 
+def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
+    piece = text[start:end]
+    stripped = piece.strip()
+    if not stripped:
+        return None
+    lead = len(piece) - len(piece.lstrip())
+    return start + lead, start + lead + len(stripped)
+
+
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans (start, end) of the sentences (clauses) of a document, whitespace trimmed."""
-    raw, start = [], 0
-    for match in _BOUNDARY.finditer(text):
-        if _is_false_boundary(text, start, match.start()):
-            continue
-        raw.append((start, match.start()))
-        start = match.end()
-    raw.append((start, len(text)))
     out = []
-    for s, e in raw:
-        pieces = _chunks(text, s, e) if e - s > MAX_SPAN_CHARS else [(s, e)]
+    for s, e in _raw_spans(text):
+        span = _trim(text, s, e)
+        if span is None:
+            continue
+        s, e = span
+        pieces = []
+        # a heading after a lone "12." is a numbered one, as in "12. LIABILITY"
+        after_marker = bool(out and out[-1][1] - out[-1][0] <= 12 and _LONE_MARKER.fullmatch(text[out[-1][0]:out[-1][1]]))
+        for _ in range(HEADING_PEELS):
+            cut = _heading_cut(text, s, e, after_marker and not pieces)
+            if cut is None or cut <= s or cut >= e:
+                break
+            pieces.append((s, cut))
+            s = cut
+        pieces.append((s, e))
         for ps, pe in pieces:
-            chunk = text[ps:pe]
-            stripped = chunk.strip()
-            if stripped:
-                lead = len(chunk) - len(chunk.lstrip())
-                out.append((ps + lead, ps + lead + len(stripped)))
+            for cs, ce in (_chunks(text, ps, pe) if pe - ps > MAX_SPAN_CHARS else [(ps, pe)]):
+                chunk = _trim(text, cs, ce)
+                if chunk:
+                    out.append(chunk)
     return out
