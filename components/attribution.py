@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import re
 
-WORD = re.compile(r"[^\W_][\w'’-]*")  # a word: letters/digits, inner apostrophes and hyphens
+# A word: letters/digits with their combining accents, and apostrophes or hyphens only
+# between letters ("don't", "third-party"; not the quote after "terms'").
+WORD = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f]|['’-](?=[^\W_]))*")
 MAX_WORDS = 48  # words occluded per clause (the first ones; clauses average ~25 words)
 MAX_CLAUSES = 60  # flagged clauses explained per report, highest score first
 TOP_WORDS = 5  # words kept per clause and category
@@ -33,16 +35,20 @@ def _words(clause: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in WORD.finditer(clause)][:MAX_WORDS]
 
 
-def variants(report: dict) -> tuple[list[str], list[tuple[int, list[tuple[int, int]]]]]:
+def variants(report: dict, max_rows: int | None = None) -> tuple[list[str], list[tuple[int, list[tuple[int, int]]]]]:
     """The texts to score: for each explained flagged clause, the clause with one word
     deleted, for each of its words. Returns (texts, plan) where plan holds, per explained
-    clause, its index in report["flagged"] and its word spans (relative to the clause)."""
+    clause, its index in report["flagged"] and its word spans (relative to the clause).
+    Clauses are taken highest score first, at most MAX_CLAUSES, and only while their
+    variants fit in `max_rows` (None: no budget)."""
     flagged = report["flagged"]
     order = sorted(range(len(flagged)), key=lambda i: -max(flagged[i]["scores"][c] for c in flagged[i]["categories"]))
     texts, plan = [], []
     for index in order[:MAX_CLAUSES]:
         clause = flagged[index]["clause"]
         spans = _words(clause)
+        if max_rows is not None and len(texts) + len(spans) > max_rows:
+            break
         plan.append((index, spans))
         texts += [(clause[:s] + clause[e:]).strip() for s, e in spans]
     return texts, plan
@@ -67,7 +73,8 @@ def attach(report: dict, plan: list, scores: list[dict]) -> dict:
                 for w, (a, b) in weighted[:TOP_WORDS] if w >= MIN_WEIGHT
             ]
         clause["words"] = words
-    report["attribution"] = {"method": "occlusion", "explained": len(plan), "of": len(report["flagged"])}
+    report["attribution"] = {"method": "occlusion", "explained": len(plan), "of": len(report["flagged"]),
+                             "max_words": MAX_WORDS}
     return report
 
 

@@ -133,7 +133,9 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
                 f"last lines of {log_path}:\n{_log_tail(log_path)}"
             )
         try:
-            ready = requests.get(f"{url}/v1/models/{NAME}", timeout=2)
+            # The readiness route is open (no bearer token), so a server started with
+            # TOSGUARD_AUTH_TOKEN is seen ready too.
+            ready = requests.get(f"{url}/v2/health/ready", timeout=2)
             if ready.status_code == 200 and ready.json().get("ready"):
                 break
         except requests.RequestException:

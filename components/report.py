@@ -95,6 +95,7 @@ aside table{border-collapse:collapse;width:100%} td{padding:3px 6px} td.n{text-a
 article{background:#fff;padding:20px 28px;border-radius:6px;box-shadow:0 1px 3px #0002}
 mark.flagged{color:inherit;padding:1px 0} details{margin:8px 0} summary{cursor:pointer;font-weight:600}
 b.why{font-weight:700;text-decoration:underline;text-decoration-thickness:2px;text-underline-offset:2px}
+mark,.badge,h1,b.why{unicode-bidi:isolate}
 footer{padding:8px 24px;color:#666;font-size:12px}
 """
 
@@ -137,14 +138,15 @@ def html_body(document: str, report: dict, name: str, model: str) -> str:
         f'</span>{html.escape(c)} ({counts.get(c, 0)})</summary><p>{html.escape(what)}</p>'
         f'<p><b>Why it may be unfair:</b> {html.escape(why)}</p><p><i>{html.escape(look)}</i></p></details>'
         for c, (what, why, look) in EXPLANATIONS.items())
-    verdict = (f"{len(report['flagged'])} of {report['sentences']} clauses are potentially unfair"
-               if report["flagged"] else f"No potentially unfair clause found in {report['sentences']} clauses")
+    n = report["sentences"]
+    verdict = (f"{len(report['flagged'])} of {n} clauses are potentially unfair"
+               if report["flagged"] else f"No potentially unfair clause found in {n} clause{'' if n == 1 else 's'}")
     return f"""<header><h1>tosguard: {html.escape(name)}</h1><div id="verdict">{html.escape(verdict)}</div></header>
 <main><aside><h2>Per category</h2><table id="summary">{summary}</table>
 <h2>What the categories mean</h2>{explained}</aside>
 <article id="document">{body}</article></main>
-<footer>Model: {html.escape(model)}. Categories of LexGLUE UNFAIR-ToS (CLAUDETTE). Hover a highlighted clause
-for its scores.{_method_note(report)} An indication for a reader, not legal advice.</footer>
+<footer>Model: {html.escape(model)}. Categories of LexGLUE UNFAIR-ToS (CLAUDETTE).{_hover_note(report)}
+An indication for a reader, not legal advice.</footer>
 """
 
 
@@ -169,10 +171,14 @@ def _clause_html(document: str, clause: dict, category: str) -> str:
     return "".join(pieces)
 
 
-def _method_note(report: dict) -> str:
-    done = report.get("attribution")
-    if not done:
+def _hover_note(report: dict) -> str:
+    if not report["flagged"]:
         return ""
+    note = " Hover a highlighted clause for its scores."
+    done = report.get("attribution")
+    if not done or not done["explained"]:
+        return note
     partly = f" (the {done['explained']} highest-scored of {done['of']} clauses)" if done["explained"] < done["of"] else ""
-    return (" Underlined words drove the decision" + partly + ": each one's weight is how much the clause's "
-            "score for its category drops when that word alone is deleted (occlusion).")
+    return (note + " Underlined words drove the decision" + partly + ": each one's weight is how much the "
+            f"clause's score for its category drops when that word alone is deleted (occlusion; the first "
+            f"{done.get('max_words', 48)} words of a clause).")

@@ -132,7 +132,7 @@ def test_occlusion_finds_the_word_that_drives_a_category_and_marks_it_in_the_rep
     words = report["flagged"][0]["words"]["Unilateral termination"]
     assert [(w["word"], w["weight"]) for w in words] == [("terminate", 0.8)]
     assert document[words[0]["start"]:words[0]["end"]] == "terminate"  # document offsets
-    assert report["attribution"] == {"method": "occlusion", "explained": 1, "of": 1}
+    assert report["attribution"] == {"method": "occlusion", "explained": 1, "of": 1, "max_words": 48}
 
     page = html_page(document, report, "t", "m")
     assert '<b class="why" title="without this word the Unilateral termination score drops by 0.80">terminate</b>' in page
@@ -150,6 +150,17 @@ def test_occlusion_is_bounded_per_clause_and_per_report():
     texts, plan = attribution.variants(report)
     assert len(plan) == attribution.MAX_CLAUSES and len(texts) == attribution.MAX_CLAUSES * attribution.MAX_WORDS
     assert plan[0][0] == 99, "the highest-scored clauses are explained first"
+    # The server's row budget: only whole clauses that fit, highest score first.
+    texts, plan = attribution.variants(report, max_rows=100)
+    assert [i for i, _ in plan] == [99, 98] and len(texts) == 2 * attribution.MAX_WORDS
+
+
+def test_words_keep_their_accents_and_only_inner_apostrophes_and_hyphens():
+    from tosguard.components.attribution import _words
+
+    text = "te\u0301rminate the users' third-party don't notice--- ok"
+    assert [text[a:b] for a, b in _words(text)] == ["te\u0301rminate", "the", "users", "third-party", "don't",
+                                                     "notice", "ok"]
 
 
 def test_analyze_explains_flagged_clauses_with_the_real_model(trained_model_dir, tmp_path, capsys):
@@ -165,3 +176,23 @@ def test_analyze_explains_flagged_clauses_with_the_real_model(trained_model_dir,
     assert main(["analyze", str(tmp_path / "t.txt"), "--model", str(trained_model_dir), "--no-explain",
                  "--json", str(tmp_path / "plain.json")]) == 0
     assert "attribution" not in json.loads((tmp_path / "plain.json").read_text())
+
+
+def test_serve_starts_a_server_that_requires_a_bearer_token(trained_model_dir, tosguard_home, monkeypatch, capsys):
+    """`tosguard serve` waits for readiness on an open route, so a token-guarded server is
+    seen ready (it used to poll a guarded route, get 401s and kill the server after 180 s)."""
+    import requests
+
+    from tests.servers import free_port
+
+    port = free_port()
+    monkeypatch.setenv("TOSGUARD_AUTH_TOKEN", "s3cret-token")
+    try:
+        assert main(["serve", "--model", str(trained_model_dir), "--port", str(port)]) == 0
+        url = capsys.readouterr().out.strip().splitlines()[-1]
+        assert requests.get(f"{url}/v1/models/tosguard", timeout=5).status_code == 401
+        answer = requests.get(f"{url}/v1/models/tosguard", timeout=5,
+                              headers={"Authorization": "Bearer s3cret-token"})
+        assert answer.status_code == 200 and answer.json()["ready"] is True
+    finally:
+        main(["serve", "--stop"])

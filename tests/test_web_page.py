@@ -181,6 +181,11 @@ def test_probes_and_http_clients_still_get_json_at_root(server):
     assert requests.post(f"{server}/report", data=b"document=x", timeout=10,
                          headers={**AUTH, "content-type": "application/x-www-form-urlencoded"}).status_code == 415
     assert requests.get(f"{server}/report", headers=AUTH, timeout=10).status_code == 405
+    # No Content-Type: refused, so a cross-site page cannot send this costly call as a
+    # "simple" request without a preflight.
+    bare = requests.Request("POST", f"{server}/report", headers=AUTH, data=b'{"document": "A clause."}').prepare()
+    bare.headers.pop("Content-Type", None)
+    assert requests.Session().send(bare, timeout=10).status_code == 415
 
 
 @pytest.mark.parametrize("accept, html", [

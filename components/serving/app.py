@@ -45,7 +45,7 @@ from tosguard.components.serving.page import (
 )
 from tosguard.components.serving.telemetry import CONTENT_TYPE_LATEST, Telemetry
 from tosguard.components.serving.validate import (
-    MAX_BODY_BYTES, RequestError, decode_body, dumps, json_body, validate_v1, validate_v2,
+    MAX_BODY_BYTES, RequestError, decode_body, dumps, json_body, media_type, validate_v1, validate_v2,
 )
 
 log = logging.getLogger(__name__)
@@ -290,6 +290,10 @@ class PredictorApp:
 
     async def report(self, body: bytes, headers: dict, extra: dict) -> Response:
         """The web page's call: a document -> its report (report.html_body) as HTML."""
+        if not media_type(headers)[0]:
+            # Without a Content-Type a cross-site page could send this costly call as a
+            # "simple" request with no preflight; the page itself always sends JSON's.
+            raise RequestError("send Content-Type: application/json", 415)
         document, name = await asyncio.to_thread(lambda: report_request(json_body(body, headers)))
         report = await self.model.explain(await self.model.analyze(document))
         extra.update(kind="report", clauses=report["sentences"], flagged=len(report["flagged"]))

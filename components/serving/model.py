@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import struct
+import time
 import uuid
 
 import kserve
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
 BATCH_WINDOW_MS = float(os.environ.get("TOSGUARD_BATCH_WINDOW_MS", "0"))
 MAX_QUEUED_CLAUSES = int(os.environ.get("TOSGUARD_MAX_QUEUED_CLAUSES", 8192))
+# The web page's word attributions (POST /report): variants scored per report, seconds of
+# scoring, and rows per batcher call (small, so other requests interleave).
+EXPLAIN_ROWS = int(os.environ.get("TOSGUARD_EXPLAIN_ROWS", 480))
+EXPLAIN_SECONDS = float(os.environ.get("TOSGUARD_EXPLAIN_SECONDS", 10))
+EXPLAIN_CHUNK = 32
 
 
 class UnfairClauseModel(kserve.Model):
@@ -96,12 +102,24 @@ class UnfairClauseModel(kserve.Model):
     async def explain(self, report: dict) -> dict:
         """Occlusion weights for the report's flagged clauses (components/attribution.py),
         scored through the batcher like any request, but kept out of the prediction
-        metrics: the variants are not clauses anyone sent."""
-        texts, plan = variants(report)
-        scores = []
-        for i in range(0, len(texts), MAX_INSTANCES):
-            scores += self.scorer.results(await self.batcher.score(texts[i : i + MAX_INSTANCES]))
-        return attach(report, plan, scores)
+        metrics: the variants are not clauses anyone sent.
+
+        Bounded so a report costs about as much as a long document, not fifty times that:
+        at most EXPLAIN_ROWS variants (the highest-scored clauses first) and EXPLAIN_SECONDS
+        of scoring, in chunks of EXPLAIN_CHUNK so other requests' clauses join the passes
+        in between. What did not fit is reported as not explained."""
+        texts, plan = variants(report, max_rows=EXPLAIN_ROWS)
+        scores, deadline = [], time.monotonic() + EXPLAIN_SECONDS
+        done_clauses, position = 0, 0
+        for index, spans in plan:
+            if time.monotonic() > deadline:
+                break
+            mine = texts[position : position + len(spans)]
+            for i in range(0, len(mine), EXPLAIN_CHUNK):
+                scores += self.scorer.results(await self.batcher.score(mine[i : i + EXPLAIN_CHUNK]))
+            position += len(spans)
+            done_clauses += 1
+        return attach(report, plan[:done_clauses], scores)
 
     async def infer_v2(self, request: V2Request) -> tuple[dict, bytes]:
         """-> (the V2 response JSON, binary data to append after it: empty unless asked for)."""
