@@ -68,6 +68,10 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0: none)
     gradient_checkpointing: bool = False  # trade compute for activation memory
+    # Distillation: the training target is (1 - w) x gold labels + w x the teacher's scores
+    # on the train split (BCE with soft targets); 0 trains on the gold labels alone.
+    distill_weight: float = 0.0
+    teacher: str = ""  # the teacher whose stored train-split scores are used (see teachers.py)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -89,6 +93,10 @@ class TrainConfig:
             problems.append("weight_decay and lora_dropout must be in [0, 1)")
         if not 0 < self.threshold < 1:
             problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
+        if not 0 <= self.distill_weight <= 1:
+            problems.append(f"distill_weight must be in [0, 1] (got {self.distill_weight})")
+        if self.distill_weight and not self.teacher.strip():
+            problems.append("distill_weight needs a teacher")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         bad = [t for t in self.target_list() or [] if not re.fullmatch(r"[A-Za-z0-9_.]+", t)]

@@ -104,8 +104,10 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def start_local_server(model_dir: str, port: int | None = None, timeout: float = 180.0) -> dict:
-    """(Re)start the managed ModelServer on 127.0.0.1 over model_dir; wait until ready."""
+def start_local_server(model_dir: str, port: int | None = None, timeout: float = 180.0,
+                       profile: str | None = None) -> dict:
+    """(Re)start the managed ModelServer on 127.0.0.1 over model_dir; wait until ready.
+    profile: default or triage decision thresholds (None: the server's default)."""
     from tosguard.components.storage import fetch_folder
 
     model_dir = str(fetch_folder(model_dir).resolve())
@@ -118,13 +120,13 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", SERVER_MODULE, "--model-dir", model_dir,
-             "--host", "127.0.0.1", "--http-port", str(port)],
+             "--host", "127.0.0.1", "--http-port", str(port), *(["--profile", profile] if profile else [])],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the pipeline step that started it
         )
     url = f"http://127.0.0.1:{port}"
     state = {"pid": process.pid, "url": url, "model": NAME, "model_dir": model_dir,
-             "log": str(log_path), "started": time.time()}
+             "log": str(log_path), "started": time.time(), "profile": profile or "default"}
     deadline = time.time() + timeout
     while True:
         if process.poll() is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tosguard.components import figures, storage
+from tosguard.components import calibration, figures, monitor, storage
 from tosguard.components.config import CARD_FILE, COMPLETE_MARK
 from tosguard.components.labels import CATEGORIES, NONE_COLUMN
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
@@ -79,8 +79,63 @@ def report_markdown(scores: dict, run_label: str) -> str:
     lines += ["", "## Per-category F1 (test)", "", "| category | F1 |", "|---|---:|"]
     for name in list(CATEGORIES) + [NONE_COLUMN]:
         lines.append(f"| {name} | {scores['per_category_f1'][name]:.1f} |")
+    lines += _calibration_markdown(scores)
     lines += ["", SOURCE_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _profile_rows(scores: dict) -> list[tuple[str, float, float, float, float]]:
+    """(category, default recall, default precision, triage recall, triage precision)."""
+    d, t = scores["default_profile"], scores["triage"]
+    return [(name, d["recall"][name], d["precision"][name], t["recall"][name], t["precision"][name])
+            for name in CATEGORIES]
+
+
+def _calibration_markdown(scores: dict) -> list[str]:
+    c = scores.get("calibration")
+    if not c:
+        return []
+    lines = ["", "## Calibration (fit on validation, measured on test)", "",
+             f"Method: {c['method']}. Expected calibration error over every clause-category score: "
+             f"{c['before']['ece']:.2f} raw, {c['after']['ece']:.2f} calibrated (mean per category "
+             f"{c['before']['mean_category_ece']:.2f} -> {c['after']['mean_category_ece']:.2f}), percent."]
+    if "triage" in scores:
+        t = scores["triage"]
+        lines += ["", "## Triage profile (thresholds for 0.9 recall per category on validation)", "",
+                  f"Mean recall {scores['default_profile']['mean_recall']:.1f} -> {t['mean_recall']:.1f}, mean "
+                  f"precision {scores['default_profile']['mean_precision']:.1f} -> {t['mean_precision']:.1f}; "
+                  f"clauses flagged {scores['default_profile']['flagged_share']:.1f}% -> {t['flagged_share']:.1f}%; "
+                  f"macro-F1 {t['macro_f1']:.1f}.", "",
+                  "| category | recall (default) | precision (default) | recall (triage) | precision (triage) |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {n} | {a:.1f} | {b:.1f} | {c_:.1f} | {d:.1f} |" for n, a, b, c_, d in _profile_rows(scores)]
+    return lines
+
+
+def _calibration_html(scores: dict, reliability_png: bytes | None) -> list[str]:
+    c = scores.get("calibration")
+    if not c:
+        return []
+    parts = ["<h2>Calibration (fit on validation, measured on test)</h2>",
+             f"<p>Method: {escape(c['method'])}. Expected calibration error over every clause-category score: "
+             f"{c['before']['ece']:.2f} raw, {c['after']['ece']:.2f} calibrated (mean per category "
+             f"{c['before']['mean_category_ece']:.2f} &rarr; {c['after']['mean_category_ece']:.2f}), percent.</p>"]
+    if reliability_png:
+        parts.append("<figure>" + figures.img_tag(reliability_png, "reliability diagram before and after calibration")
+                     + "<figcaption>Per score bin: mean score against the share of gold positives.</figcaption>"
+                     "</figure>")
+    if "triage" in scores:
+        t, d = scores["triage"], scores["default_profile"]
+        parts.append("<h2>Triage profile</h2><p>Thresholds set for 0.9 recall per category on validation: mean "
+                     f"recall {d['mean_recall']:.1f} &rarr; {t['mean_recall']:.1f}, mean precision "
+                     f"{d['mean_precision']:.1f} &rarr; {t['mean_precision']:.1f}, clauses flagged "
+                     f"{d['flagged_share']:.1f}% &rarr; {t['flagged_share']:.1f}%.</p>")
+        parts.append("<table><tr><th>category</th><th>recall (default)</th><th>precision (default)</th>"
+                     "<th>recall (triage)</th><th>precision (triage)</th></tr>")
+        parts += [f'<tr><td>{escape(n)}</td><td class="n">{a:.1f}</td><td class="n">{b:.1f}</td>'
+                  f'<td class="n">{c_:.1f}</td><td class="n">{e:.1f}</td></tr>' for n, a, b, c_, e in _profile_rows(scores)]
+        parts.append("</table>")
+    return parts
 
 
 _STYLE = """
@@ -95,7 +150,8 @@ figure { margin: 0.5em 0 1.5em; } figcaption { color: #555; font-size: 0.9em; }
 
 
 def report_html(scores: dict, run_label: str, decision: dict | None = None, deploy_requested: bool = True,
-                curves_png: bytes | None = None, confusions_png: bytes | None = None) -> str:
+                curves_png: bytes | None = None, confusions_png: bytes | None = None,
+                reliability_png: bytes | None = None) -> str:
     """The evaluation as one self-contained HTML page (inline style, images as data URIs):
     the headline, the gate, the training curves, the per-category confusions and F1, and
     the run inside the published LexGLUE table. Shown on the KFP run page."""
@@ -138,6 +194,7 @@ def report_html(scores: dict, run_label: str, decision: dict | None = None, depl
         f1 = scores["per_category_f1"][name]
         parts.append(f'<tr><td>{escape(name)}</td><td class="n">{f1:.1f}</td>{counts}</tr>')
     parts.append("</table>")
+    parts += _calibration_html(scores, reliability_png)
     parts.append("<h2>Inside the LexGLUE table</h2><table><tr><th>rank</th><th>model</th><th>micro-F1</th>"
                  "<th>macro-F1</th></tr>")
     for i, (name, micro, macro, ours) in enumerate(rows, start=1):
@@ -148,6 +205,16 @@ def report_html(scores: dict, run_label: str, decision: dict | None = None, depl
     return "\n".join(parts) + "\n"
 
 
+def _recall_precision(gold: np.ndarray, predicted: np.ndarray) -> dict:
+    """Recall and precision per category (percent) and their means over categories."""
+    tp = ((gold == 1) & (predicted == 1)).sum(axis=0)
+    recall = 100 * tp / np.maximum(gold.sum(axis=0), 1)
+    precision = 100 * tp / np.maximum(predicted.sum(axis=0), 1)
+    return {"recall": dict(zip(CATEGORIES, recall.tolist())), "precision": dict(zip(CATEGORIES, precision.tolist())),
+            "mean_recall": float(recall.mean()), "mean_precision": float(precision.mean()),
+            "flagged_share": 100 * float((predicted.sum(axis=1) > 0).mean())}
+
+
 def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
     """Score the exported model on a tokenized split with its shipped thresholds."""
     from datasets import load_from_disk
@@ -156,11 +223,26 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
 
     model, tokenizer, card = load_exported(model_dir)
     data = load_from_disk(tokenized_dir)[split]
-    probabilities = score_encoded(model, data["input_ids"], tokenizer.pad_token_id)
+    raw = score_encoded(model, data["input_ids"], tokenizer.pad_token_id)
+    params = calibration.card_params(card)
+    probabilities = calibration.apply(raw, params)
     gold = np.asarray(data["label_vector"], dtype=np.int64)
     predicted = predict_from_probabilities(probabilities, card["thresholds"])
     scores = lexglue_scores(gold, predicted)
     scores["split"] = split
+    # Calibration is fit on validation at training time; here it is only measured.
+    scores["calibration"] = {
+        "method": (card.get("calibration") or {}).get("method", "none"),
+        "before": calibration.expected_calibration_error(raw, gold),
+        "after": calibration.expected_calibration_error(probabilities, gold),
+    }
+    if "triage" in (card.get("profiles") or {}):
+        triage = predict_from_probabilities(probabilities, card["profiles"]["triage"])
+        scores["triage"] = {**_recall_precision(gold, triage), **{
+            k: v for k, v in lexglue_scores(gold, triage).items() if k in ("micro_f1", "macro_f1")}}
+        scores["default_profile"] = _recall_precision(gold, predicted)
+    # What the served model's scores looked like on this split: the drift monitor's reference.
+    scores["reference"] = monitor.reference_from_scores(np.round(probabilities, 6), predicted, list(CATEGORIES), split)
     scores["confusion"] = {
         name: {
             "tp": int(((gold[:, i] == 1) & (predicted[:, i] == 1)).sum()),
@@ -235,13 +317,15 @@ def report_section(decision: dict, deploy_requested: bool = True) -> str:
 
 
 def _pictures(scores: dict, model_dir: str, trained: dict):
-    """(confusion figure, its PNG, training-curves PNG); None for any that cannot be drawn:
+    """(confusion figure, its PNG, training-curves PNG, reliability figure); None for any that cannot be drawn:
     a picture never stops the gate or the registry. The curves are the PNG stored with the
     model, else drawn from its train summary."""
-    confusions = confusions_png = curves_png = None
+    confusions = confusions_png = curves_png = reliability = None
     try:
         confusions = figures.category_confusions(scores["confusion"])
         confusions_png = figures.png_bytes(confusions)
+        if scores.get("calibration"):
+            reliability = figures.reliability(scores["calibration"])
         stored = Path(model_dir) / figures.TRAINING_CURVES_FILE
         if stored.is_file():
             curves_png = stored.read_bytes()
@@ -250,7 +334,7 @@ def _pictures(scores: dict, model_dir: str, trained: dict):
                                                                    best_epoch=trained.get("best_epoch")))
     except Exception as exc:  # noqa: BLE001 (pictures are optional)
         log.warning("evaluate: could not draw the figures (%s: %s)", type(exc).__name__, exc)
-    return confusions, confusions_png, curves_png
+    return confusions, confusions_png, curves_png, reliability
 
 
 def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash: str, mlflow_run_id: str,
@@ -261,17 +345,19 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
     the store, register the version, move `champion` if it passed."""
     started = time.time()
     scores = evaluate(model_dir, tokenized_dir)
+    reference = scores.pop("reference")
     summary_path = Path(model_dir) / COMPLETE_MARK
     trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     card = json.loads((Path(model_dir) / CARD_FILE).read_text())
-    confusions, confusions_png, curves_png = _pictures(scores, model_dir, trained)
+    confusions, confusions_png, curves_png, reliability = _pictures(scores, model_dir, trained)
+    reliability_png = figures.png_bytes(reliability) if reliability is not None else None
     with pipeline_run(mlflow_run_id, safe=f"The model and its scores are in the store at {model_store_uri}.") as mlflow:
         decision = decide(scores["macro_f1"], gate_floor, gate_tolerance, champion())
         report = report_markdown(scores, run_label) + report_section(decision, deploy_requested)
         report += ("\nFigures (training curves, a 2x2 confusion per category) are in the HTML report: "
                    "`report_html` on the KFP run page, `evaluation/report.html` in MLflow, `report.html` beside "
                    "this report in the store.\n")
-        page = report_html(scores, run_label, decision, deploy_requested, curves_png, confusions_png)
+        page = report_html(scores, run_label, decision, deploy_requested, curves_png, confusions_png, reliability_png)
         scored = json.dumps({**scores, "gate": decision}, indent=2)
         Path(report_path).write_text(report)
         if html_path:
@@ -291,6 +377,10 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
         storage.write_text(storage.join(evaluation, "report.md"), report)
         storage.write_text(storage.join(evaluation, "report.html"), page)
         storage.write_text(storage.join(evaluation, "scores.json"), scored)
+        # The drift reference, like the card, depends only on the model and the test split.
+        (Path(model_dir) / monitor.REFERENCE_FILE).write_text(json.dumps(reference, indent=1))
+        if not storage.exists(storage.join(model_store_uri, monitor.REFERENCE_FILE)):
+            storage.write_text(storage.join(model_store_uri, monitor.REFERENCE_FILE), json.dumps(reference, indent=1))
         if not storage.exists(storage.join(model_store_uri, "MODEL_CARD.md")):
             storage.write_text(storage.join(model_store_uri, "MODEL_CARD.md"), model_card(info))
         # The registered version is an MLflow Model (pyfunc) of this folder; the store URI
@@ -311,6 +401,14 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
         mlflow.log_text(page, "evaluation/report.html")
         if confusions is not None:
             mlflow.log_figure(confusions, f"evaluation/{figures.CONFUSIONS_FILE}")
+        if reliability is not None:
+            mlflow.log_figure(reliability, f"evaluation/{figures.RELIABILITY_FILE}")
+        if "calibration" in scores:
+            mlflow.log_metrics({"test_ece_raw": scores["calibration"]["before"]["ece"],
+                                "test_ece_calibrated": scores["calibration"]["after"]["ece"]})
+        if "triage" in scores:
+            mlflow.log_metrics({"test_triage_mean_recall": scores["triage"]["mean_recall"],
+                                "test_triage_mean_precision": scores["triage"]["mean_precision"]})
         mlflow.log_dict({**scores, "gate": decision}, "evaluation/scores.json")
         mlflow.log_dict(decision, "evaluation/gate.json")
         mlflow.log_metric("step_seconds.evaluate", time.time() - started)

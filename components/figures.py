@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 TRAINING_CURVES_FILE = "training_curves.png"
 CONFUSIONS_FILE = "category_confusions.png"
+RELIABILITY_FILE = "reliability.png"
 
 _LOSS, _MICRO, _MACRO, _BEST = "#1f77b4", "#2ca02c", "#d62728", "#7f7f7f"
 
@@ -144,6 +145,35 @@ def category_confusions(confusion: dict, columns: int = 4):
     if image is not None:
         figure.colorbar(image, ax=list(axes[:len(names)]), shrink=0.6, label="share of the gold row")
     figure.suptitle("Per-category confusion on the test split (multi-label: each category on its own)")
+    return figure
+
+
+def reliability(calibration: dict):
+    """The reliability diagram before and after calibration: per score bin, the mean score
+    against the share of gold positives (every clause-category pair pooled), the diagonal
+    where they agree; each point's area grows with the log of its bin's count.
+
+    calibration: evaluate()'s `calibration` entry ({"before": ..., "after": ...}, each with
+    its `ece` and reliability `table`).
+    """
+    import numpy as np
+
+    figure = _figure(5.2, 4.6)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color=_BEST, linestyle=":", linewidth=1, label="perfect calibration")
+    for key, color, label in (("before", _LOSS, "raw scores"), ("after", _MACRO, "calibrated")):
+        table = calibration[key]["table"]
+        x = [row["mean_score"] for row in table]
+        y = [row["positive_share"] for row in table]
+        size = [12 * (1 + np.log10(row["count"])) for row in table]
+        ax.plot(x, y, color=color, linewidth=1.2, alpha=0.8)
+        ax.scatter(x, y, s=size, color=color, label=f"{label} (ECE {calibration[key]['ece']:.2f})", zorder=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean score in the bin")
+    ax.set_ylabel("share of gold positives in the bin")
+    ax.set_title("Reliability on the test split (calibration fit on validation)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
     return figure
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -148,7 +149,7 @@ def _cmd_serve(args) -> int:
         return 0 if state else 1
     model_dir = args.model or _latest_model_dir()
     print(f"starting KServe ModelServer for {model_dir} ...", flush=True)
-    state = start_local_server(model_dir, port=args.port)
+    state = start_local_server(model_dir, port=args.port, profile=args.profile)
     print(f"log: {state['log']}  (stop with: tosguard serve --stop)")
     print(state["url"])
     return 0
@@ -157,11 +158,14 @@ def _cmd_serve(args) -> int:
 def _scorer(args):
     """Score in-process with --model (default: the registry's champion), or ask --url."""
     if args.url:
+        if getattr(args, "profile", None):
+            raise SystemExit("tosguard: --profile chooses in-process thresholds; a server's profile is set "
+                             "when it starts (tosguard serve --profile triage)")
         return _RemoteScorer(args.url)
     import tosguard
 
     try:
-        return tosguard.load_model(args.model or tosguard.DEFAULT_MODEL)
+        return tosguard.load_model(args.model or tosguard.DEFAULT_MODEL, profile=args.profile)
     except FileNotFoundError as exc:
         if args.model:
             raise
@@ -238,6 +242,25 @@ def _cmd_analyze(args) -> int:
         Path(args.html).write_text(html_page(document, report, name, model), encoding="utf-8")
         print(f"html: {Path(args.html).resolve()}")
     return 0
+
+
+def _cmd_monitor(args) -> int:
+    """Drift: the endpoint's score distributions against the served model's test reference."""
+    from tosguard.components import monitor
+
+    model = args.model
+    if not model:
+        from tosguard.components.deploy import read_state
+
+        state = read_state()
+        if not state or state["url"].rstrip("/") != args.url.rstrip("/"):
+            raise SystemExit("tosguard monitor: pass --model (the served model's folder or store URI); only the "
+                             "local server started by `tosguard serve` is known without it")
+        model = state["model_dir"]
+    result = monitor.check(args.url, model, window=args.window, token=os.environ.get("TOSGUARD_AUTH_TOKEN"),
+                           psi_threshold=args.psi, ks_threshold=args.ks, min_clauses=args.min_clauses)
+    print(json.dumps(result, indent=2) if args.json else monitor.table(result))
+    return 3 if result["retrain"] else 0
 
 
 def _cmd_eval(args) -> int:
@@ -380,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model folder or store URI, file://... or s3://... "
                                        "(default: the latest trained model)")
     serve.add_argument("--port", type=int, help="port (default 8080, or a free one)")
+    serve.add_argument("--profile", choices=("default", "triage"),
+                       help="decision thresholds: default, or triage (about 0.9 recall per category, more "
+                            "clauses flagged; the evaluation report prints its precision cost)")
     serve.add_argument("--stop", action="store_true", help="stop the running local server")
     serve.add_argument("--status", action="store_true", help="show the running local server, if any")
     serve.set_defaults(func=_cmd_serve)
@@ -388,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", metavar="DIR|URI", help="score in-process with this model: a folder, file://, "
                        "s3://, or models:/tosguard@champion (the default)")
         p.add_argument("--url", help="ask a running server instead (its base URL)")
+        p.add_argument("--profile", choices=("default", "triage"),
+                       help="in-process decision thresholds: default, or triage (about 0.9 recall per category)")
 
     pred = sub.add_parser("predict", help="score clauses: arguments, a file or stdin",
                           description="Score clauses in-process (or through --url) and print the unfair "
@@ -411,6 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
                               "each flagged clause)")
     analyze.set_defaults(func=_cmd_analyze)
 
+    mon = sub.add_parser("monitor", help="watch a running endpoint for drift; say when to retrain",
+                         description="Compare the per-category score distributions a running server has produced "
+                                     "(its /metrics) with the served model's reference from the test split: PSI "
+                                     "and KS per category, positive rates. Exit code 3 when retraining is "
+                                     "recommended, 0 otherwise.")
+    mon.add_argument("--url", required=True, help="the server's base URL")
+    mon.add_argument("--model", metavar="DIR|URI",
+                     help="the served model's folder or store URI (default: the local `tosguard serve` model)")
+    mon.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
+                     help="judge only what is scored during this many seconds (default: everything since the "
+                          "server started)")
+    mon.add_argument("--psi", type=float, default=0.25, help="PSI at which a category has drifted (default 0.25)")
+    mon.add_argument("--ks", type=float, default=0.2, help="KS at which a category has drifted (default 0.2)")
+    mon.add_argument("--min-clauses", type=int, default=500, help="clauses needed before judging (default 500)")
+    mon.add_argument("--json", action="store_true", help="print the result as JSON")
+    mon.set_defaults(func=_cmd_monitor)
+
     evaluate = sub.add_parser("eval", help="score labelled files with the LexGLUE metric",
                               description="LexGLUE 8+1 micro/macro-F1 on clauses JSONL files ({text, labels}) or "
                                           "on documents with gold sentence offsets (NAME.txt + NAME.labels.jsonl).")
@@ -426,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
         print(f"tosguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

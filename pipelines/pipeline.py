@@ -199,3 +199,53 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
 
 
 tosguard_pipeline = make_pipeline()
+
+
+def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterSettings(),
+                        train_defaults: TrainConfig = PRESETS["default"]):
+    """The drift watch: check the live endpoint against the served model's test reference;
+    when drift crosses the thresholds, run the whole training pipeline (inline, as a
+    sub-DAG). Scheduled with `tosguard schedule --pipeline-kind drift`, it retrains only
+    when the traffic has moved."""
+    training = make_pipeline(pool, cluster, train_defaults)
+
+    @dsl.pipeline(
+        name=f"{NAME}-drift-watch",
+        description="Compare the endpoint's score distributions with the served model's test reference (PSI, KS "
+                    "per category); retrain through the tosguard pipeline when they drift.",
+    )
+    def drift_watch(
+        url: str = f"http://{NAME}-predictor.{NAME}.svc.cluster.local",
+        model: str = "",  # the served model's store URI; empty: the registry's champion
+        window_s: float = 0.0,  # 0: everything the server scored since it started
+        psi_threshold: float = 0.25,
+        ks_threshold: float = 0.2,
+        min_clauses: int = 500,
+        run_name: str = f"{NAME}-drift-retrain",
+        source: str = "bundled",
+        train: dict = train_defaults.to_dict(),
+        store: str = "",
+        gate_floor: float = GATE_FLOOR,
+        gate_tolerance: float = GATE_TOLERANCE,
+        deploy: bool = True,
+        deploy_target: str = "kserve",
+        service_name: str = NAME,
+        namespace: str = NAME,
+    ):
+        check = steps.check_drift(url=url, model=model, window_s=window_s, psi_threshold=psi_threshold,
+                                  ks_threshold=ks_threshold, min_clauses=min_clauses)
+        check.set_display_name("Check the endpoint for drift")
+        _on_cluster(check, cluster, "500m", "1Gi", network_retries=2)
+        check.set_caching_options(False)  # the traffic changes between runs with the same inputs
+        with dsl.If(check.outputs["retrain"] == True, name="drift-found"):  # noqa: E712 (a pipeline channel)
+            retrain = training(
+                run_name=run_name, source=source, train=train, store=store, gate_floor=gate_floor,
+                gate_tolerance=gate_tolerance, deploy=deploy, deploy_target=deploy_target,
+                service_name=service_name, namespace=namespace,
+            )
+            retrain.set_display_name("Retrain (tosguard pipeline)")
+
+    return drift_watch
+
+
+drift_watch_pipeline = make_drift_pipeline()

@@ -116,3 +116,14 @@ def deploy_kserve(model_uri: str, model_version: str, mlflow_run_id: str, servic
     return run_kserve_step(model_uri, model_version, mlflow_run_id, service_name, namespace, serving_image,
                            service_account, ready_timeout_s, min_replicas, max_replicas, concurrency_target,
                            expose, auth_secret)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def check_drift(url: str, model: str, window_s: float, psi_threshold: float, ks_threshold: float, min_clauses: int,
+                drift: Output[Metrics], report: Output[Markdown]) -> NamedTuple(
+        "DriftOutputs", [("retrain", bool), ("reason", str)]):
+    """Read the endpoint's metrics, compare per-category scores with the served model's test
+    reference (PSI, KS); `retrain` is true when drift crosses the thresholds."""
+    from tosguard.components.monitor import run_step
+
+    return run_step(url, model, window_s, psi_threshold, ks_threshold, min_clauses, drift, report.path)

@@ -184,13 +184,19 @@ def test_the_step_puts_the_figures_in_mlflow_the_store_and_the_html_artifact(
 
     page = html_path.read_text(encoding="utf-8")
     images = [base64.b64decode(uri) for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
-    assert len(images) == 2 and all(_png_size(png)[0] > 500 for png in images)
+    # Training curves, confusions, and the reliability diagram before and after calibration.
+    assert len(images) == 3 and all(_png_size(png)[0] > 500 for png in images)
+    assert "Calibration (fit on validation, measured on test)" in page and "Triage profile" in page
+    assert (model / "reference.json").is_file() and (stored / "reference.json").is_file()
     assert storage.read_text(storage.join(str(stored), "evaluations", run_id, "report.html")) == page
     assert "`report_html` on the KFP run page" in (tmp_path / "report").read_text()
 
     client = MlflowClient(tracking_uri())
     logged = {a.path: a.file_size for a in client.list_artifacts(run_id, "evaluation")}
-    assert {"evaluation/report.html", "evaluation/category_confusions.png", "evaluation/report"} <= set(logged)
+    assert {"evaluation/report.html", "evaluation/category_confusions.png", "evaluation/reliability.png",
+            "evaluation/report"} <= set(logged)
+    metrics = client.get_run(run_id).data.metrics
+    assert {"test_ece_raw", "test_ece_calibrated", "test_triage_mean_recall"} <= set(metrics)
     local = client.download_artifacts(run_id, "evaluation", str(tmp_path / "from-mlflow"))
     assert (Path(local) / "report.html").read_text(encoding="utf-8") == page
     width, height = _png_size((Path(local) / "category_confusions.png").read_bytes())

@@ -22,17 +22,18 @@ __version__ = "0.1.0"
 DEFAULT_MODEL = f"models:/{NAME}@{CHAMPION_ALIAS}"
 
 
-def load_model(uri: str = DEFAULT_MODEL, precision: str | None = None):
+def load_model(uri: str = DEFAULT_MODEL, precision: str | None = None, profile: str | None = None):
     """A ClauseScorer over a model: a folder, ``file://…``, ``s3://…`` (a model store
     folder), or a registry URI ``models:/tosguard@champion`` / ``models:/tosguard/3``.
 
     precision: ``auto`` (bf16 where the CPU has bf16 instructions), ``bf16`` or ``fp32``.
+    profile: ``default`` or ``triage`` (thresholds lowered for about 0.9 recall per category).
     """
     from tosguard.components.serving.scorer import ClauseScorer
     from tosguard.components.storage import fetch_folder
     from tosguard.components.tracking import model_source
 
-    return ClauseScorer(str(fetch_folder(model_source(uri))), precision)
+    return ClauseScorer(str(fetch_folder(model_source(uri))), precision, profile)
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:

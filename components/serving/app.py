@@ -408,11 +408,14 @@ def main(argv=None) -> None:
                         help="exported model folder, or a model store URI (file://... or s3://...)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a cluster pod)")
     parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--profile", choices=("default", "triage"),
+                        help="decision thresholds: default, or triage (about 0.9 recall per category; "
+                             "default: TOSGUARD_PROFILE, else default)")
     args, _ = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("TOSGUARD_ACCESS_LOG", "1") == "0":
         logging.getLogger("tosguard.access").setLevel(logging.WARNING)
-    model = UnfairClauseModel(NAME, args.model_dir)
+    model = UnfairClauseModel(NAME, args.model_dir, profile=args.profile)
     model.load()
     app = PredictorApp(model, auth_token())
     log.info("serving %s on http://%s:%d%s", NAME, args.host, args.http_port,

@@ -45,10 +45,12 @@ EXPLAIN_CHUNK = 32
 
 
 class UnfairClauseModel(kserve.Model):
-    def __init__(self, name: str = NAME, model_dir: str = DEFAULT_MODEL_DIR, precision: str | None = None):
+    def __init__(self, name: str = NAME, model_dir: str = DEFAULT_MODEL_DIR, precision: str | None = None,
+                 profile: str | None = None):
         super().__init__(name)
         self.model_dir = model_dir
         self.precision = precision
+        self.profile = profile  # default | triage (None: TOSGUARD_PROFILE, else default)
         self.ready = False
         self.on_pass = None  # telemetry hooks, set by the app
         self.on_results = None
@@ -63,7 +65,7 @@ class UnfairClauseModel(kserve.Model):
         # a clause).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tosguard-score")
         folder = str(fetch_folder(self.model_dir))
-        self.scorer = self.executor.submit(ClauseScorer, folder, self.precision).result()
+        self.scorer = self.executor.submit(ClauseScorer, folder, self.precision, self.profile).result()
         self.executor.submit(self.scorer.warm_up).result()
         self.categories = self.scorer.categories
         self.batcher = Batcher(self.scorer.raw_scores, BATCH_WINDOW_MS, max(BATCH_SIZE, MAX_INSTANCES),
@@ -177,6 +179,7 @@ class UnfairClauseModel(kserve.Model):
                 {"name": "categories", "datatype": "BYTES", "shape": [-1]},
             ],
             "parameters": {"categories": self.categories, "thresholds": self.scorer.thresholds.tolist(),
+                           "profile": self.scorer.profile, "calibrated": self.scorer.calibration is not None,
                            "base_model": self.scorer.card.get("base_model"), "method": self.scorer.card.get("method")},
         }
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import torch
 
+from tosguard.components import calibration
 from tosguard.components.modeling import load_exported, score_encoded
 from tosguard.components.serving.split import split_sentences
 
@@ -40,16 +41,20 @@ def _bf16_matmul_is_native() -> bool:
 class ClauseScorer:
     """An exported tosguard model folder, ready to score clauses and documents."""
 
-    def __init__(self, model_dir: str, precision: str | None = None):
+    def __init__(self, model_dir: str, precision: str | None = None, profile: str | None = None):
         """precision: auto (bf16 where the CPU has bf16 instructions), bf16 or fp32;
-        default from TOSGUARD_SERVE_PRECISION."""
+        default from TOSGUARD_SERVE_PRECISION. profile: `default` or `triage` (lower
+        thresholds for about 0.9 recall per category, see calibration.py); default from
+        TOSGUARD_PROFILE."""
         self.model_dir = model_dir
         self.precision = precision or os.environ.get("TOSGUARD_SERVE_PRECISION", "auto")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32 (got {self.precision!r})")
         self.classifier, self.tokenizer, self.card = load_exported(model_dir)
         self.categories = list(self.card["categories"])
-        self.thresholds = np.asarray(self.card["thresholds"], dtype=np.float32)
+        self.profile = profile or os.environ.get("TOSGUARD_PROFILE", "default")
+        self.thresholds = np.asarray(calibration.profile_thresholds(self.card, self.profile), dtype=np.float32)
+        self.calibration = calibration.card_params(self.card)  # None: a model from before calibration
         self.max_length = int(self.card.get("max_length", 128))
         use_bf16 = self.precision == "bf16" or (
             self.precision == "auto" and not torch.cuda.is_available() and _bf16_matmul_is_native()
@@ -62,10 +67,11 @@ class ClauseScorer:
             self.classifier.encoder.to(torch.bfloat16)
 
     def raw_scores(self, clauses: list[str]) -> np.ndarray:
-        """(clauses, categories + 1): sigmoid scores, and a last column flagging truncation."""
+        """(clauses, categories + 1): calibrated scores, and a last column flagging truncation."""
         encoded = self.tokenizer(clauses, truncation=True, max_length=self.max_length, padding=False)
         ids = encoded["input_ids"]
         scores = score_encoded(self.classifier, ids, self.tokenizer.pad_token_id, BATCH_SIZE, BATCH_TOKENS, PAD_MULTIPLE)
+        scores = calibration.apply(scores, self.calibration)
         truncated = np.asarray([len(row) >= self.max_length for row in ids], dtype=np.float32)[:, None]
         return np.concatenate([scores.astype(np.float32), truncated], axis=1)
 

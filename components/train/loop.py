@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tosguard.components import calibration
 from tosguard.components.config import TrainConfig
 from tosguard.components.labels import CATEGORIES
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities
@@ -99,6 +100,7 @@ class Setup:
     val_ds: object
     tokenizer: object
     labels: np.ndarray
+    soft: np.ndarray | None  # the teacher's scores per train row (distillation), or None
     model: torch.nn.Module
     forward: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
@@ -108,7 +110,7 @@ class Setup:
     log_every: int
 
 
-def _set_up(tokenized_dir: str, config: TrainConfig) -> Setup:
+def _set_up(tokenized_dir: str, config: TrainConfig, teacher_scores: np.ndarray | None = None) -> Setup:
     from datasets import load_from_disk
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -124,7 +126,16 @@ def _set_up(tokenized_dir: str, config: TrainConfig) -> Setup:
     compute_dtype = torch.bfloat16 if cuda else torch.float32
 
     data = load_from_disk(tokenized_dir)
-    train_ds = _subset(data["train"], config.train_subset, config.seed)
+    train_ds = data["train"]
+    if config.distill_weight:
+        if teacher_scores is None:
+            raise ValueError("distill_weight is set but no teacher scores were given")
+        if teacher_scores.shape != (len(train_ds), len(CATEGORIES)):
+            raise ValueError(f"teacher scores have shape {teacher_scores.shape}; the train split needs "
+                             f"({len(train_ds)}, {len(CATEGORIES)})")
+        # A column, so a train subset keeps each row's teacher scores beside it.
+        train_ds = train_ds.add_column("teacher_scores", teacher_scores.astype(np.float32).tolist())
+    train_ds = _subset(train_ds, config.train_subset, config.seed)
     val_ds = _subset(data["validation"], config.validation_subset, config.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(Path(tokenized_dir) / "tokenizer"))
 
@@ -133,6 +144,7 @@ def _set_up(tokenized_dir: str, config: TrainConfig) -> Setup:
         compute_dtype, config.gradient_checkpointing,
     )
     labels = np.asarray(train_ds["label_vector"], dtype=np.float32)
+    soft = np.asarray(train_ds["teacher_scores"], dtype=np.float32) if config.distill_weight else None
     model.init_bias_to_prior(labels.mean(axis=0))
     if config.method != "qlora":  # 4-bit weights are placed on load
         model.to(device)
@@ -159,17 +171,18 @@ def _set_up(tokenized_dir: str, config: TrainConfig) -> Setup:
         forward = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
     return Setup(
         config=config, base_path=base_path, device=device, compute_dtype=compute_dtype, rank=rank, world=world,
-        train_ds=train_ds, val_ds=val_ds, tokenizer=tokenizer, labels=labels, model=model, forward=forward,
+        train_ds=train_ds, val_ds=val_ds, tokenizer=tokenizer, labels=labels, soft=soft, model=model, forward=forward,
         optimizer=optimizer, scheduler=scheduler, clipped=encoder_params + head_params, total_steps=total_steps,
         # Log at least ~20 points of the loss curve, even for short runs.
         log_every=max(1, min(config.log_every, total_steps // 20)),
     )
 
 
-def _validate(s: Setup) -> dict:
+def _validate(s: Setup) -> tuple[dict, np.ndarray]:
+    """Validation LexGLUE scores at the configured threshold, and the raw scores."""
     scores = score_encoded(s.model, s.val_ds["input_ids"], s.tokenizer.pad_token_id)
     gold = np.asarray(s.val_ds["label_vector"], dtype=np.int64)
-    return lexglue_scores(gold, predict_from_probabilities(scores, [s.config.threshold] * len(CATEGORIES)))
+    return lexglue_scores(gold, predict_from_probabilities(scores, [s.config.threshold] * len(CATEGORIES))), scores
 
 
 class _Ticker:
@@ -231,6 +244,9 @@ def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool
         with syncing:
             ids, mask = pad_batch([ids_column[i] for i in batch], pad_id)
             target = torch.from_numpy(s.labels[batch]).to(s.device)
+            if s.soft is not None:  # the gold labels mixed with the teacher's scores
+                w = config.distill_weight
+                target = (1 - w) * target + w * torch.from_numpy(s.soft[batch]).to(s.device)
             with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=s.device.type == "cuda"):
                 logits = s.forward(ids.to(s.device), mask.to(s.device))
             loss = loss_fn(logits.float(), target)
@@ -258,7 +274,7 @@ def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool
 
 def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
     """Validate, keep the best epoch's weights; True when training should stop."""
-    val = _validate(s)
+    val, val_scores = _validate(s)
     record = {"epoch": p.epoch, "step": p.step, "train_loss": p.running / max(p.seen, 1),
               "val_micro_f1": val["micro_f1"], "val_macro_f1": val["macro_f1"]}
     p.history.append(record)
@@ -268,14 +284,16 @@ def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
         mlflow.log_metrics({"val_micro_f1": val["micro_f1"], "val_macro_f1": val["macro_f1"],
                             "epoch_train_loss": record["train_loss"]}, step=p.step)
     if val["macro_f1"] > p.best["macro_f1"]:
-        p.best = {"macro_f1": val["macro_f1"], "epoch": p.epoch, "state": checkpoint.trainable_state(s.model)}
+        p.best = {"macro_f1": val["macro_f1"], "epoch": p.epoch, "state": checkpoint.trainable_state(s.model),
+                  "val_scores": val_scores.tolist()}
         p.stale = 0
     else:
         p.stale += 1
     return p.step >= s.total_steps or bool(s.config.patience and p.stale >= s.config.patience)
 
 
-def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None) -> dict:
+def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None,
+          teacher_scores: np.ndarray | None = None) -> dict:
     """Train, pick the best validation epoch, export to output_dir. Returns a summary.
 
     config: a concrete method (not `auto`; see TrainConfig.resolved).
@@ -289,7 +307,7 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     config = config.validate()
     if config.method == "auto":
         raise ValueError("train needs a concrete method: resolve `auto` with TrainConfig.resolved() first")
-    s = _set_up(tokenized_dir, config)
+    s = _set_up(tokenized_dir, config, teacher_scores)
     trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in s.model.parameters())
     log.info("train: %s on %s, %d rows, %d steps, trainable %d of %d parameters, device %s%s",
@@ -324,10 +342,15 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     train_seconds = time.time() - started
 
     checkpoint.load_trainable(s.model, p.best["state"])  # the best validation epoch
+    # Calibration and decision profiles from the best epoch's validation scores (calibration.py).
+    val_gold = np.asarray(s.val_ds["label_vector"], dtype=np.int64)
+    best_scores = p.best.get("val_scores")  # a checkpoint from before calibration has none
+    best_scores = np.asarray(best_scores) if best_scores is not None else _validate(s)[1]
+    fitted = calibration.fit(best_scores, val_gold, config.threshold)
     card = {
-        "categories": list(CATEGORIES), "thresholds": [config.threshold] * len(CATEGORIES),
+        "categories": list(CATEGORIES),
         "base_model": config.base_model, "method": config.method, "max_length": config.max_length,
-        "pooling": "mean", "best_epoch": p.best["epoch"], "val_macro_f1": p.best["macro_f1"],
+        "pooling": "mean", "best_epoch": p.best["epoch"], "val_macro_f1": p.best["macro_f1"], **fitted,
     }
     if config.method != "qlora":
         s.model.cpu()

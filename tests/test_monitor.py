@@ -1,0 +1,153 @@
+"""Drift watch against a real server: its /metrics after a familiar and a drifted stream,
+compared with the model's test reference, through `tosguard monitor --url`."""
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import requests
+
+from tosguard.components import monitor
+from tosguard.components.labels import CATEGORIES
+from tosguard.pipelines.cli import main
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def spread_model(trained_model_dir, tokenized_dir, tmp_path_factory):
+    """The session's briefly trained model with its head weights scaled up, so its scores
+    spread over the histogram's buckets (a 12-step model scores everything near the prior),
+    and its reference from the test slice, as the evaluate step writes it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tosguard.components.evaluate import evaluate
+
+    folder = tmp_path_factory.mktemp("spread") / "model"
+    shutil.copytree(trained_model_dir, folder)
+    head = load_file(str(folder / "classifier.safetensors"))
+    head = {k: (v * 40 if k.endswith("weight") else v).contiguous() for k, v in head.items()}
+    save_file(head, str(folder / "classifier.safetensors"))
+    card = json.loads((folder / "tosguard.json").read_text())
+    card.pop("calibration", None)  # fit for the unscaled head; the raw scores are what is served
+    card["thresholds"] = [0.5] * len(CATEGORIES)
+    (folder / "tosguard.json").write_text(json.dumps(card))
+    scores = evaluate(str(folder), str(tokenized_dir), "test")
+    (folder / monitor.REFERENCE_FILE).write_text(json.dumps(scores["reference"]))
+    assert torch.is_tensor(next(iter(head.values())))
+    return folder
+
+
+@pytest.fixture
+def server(spread_model, tosguard_home, monkeypatch):
+    from tosguard.components.deploy import start_local_server, stop_local_server
+
+    monkeypatch.setenv("TOSGUARD_SERVE_PRECISION", "fp32")  # the reference was scored in fp32
+    state = start_local_server(str(spread_model), port=free_port())
+    yield state
+    stop_local_server()
+
+
+def _test_clauses(data_slice_dir) -> list[str]:
+    return [json.loads(line)["text"] for line in (data_slice_dir / "test.jsonl").read_text().splitlines()]
+
+
+def _send(url: str, clauses: list[str]) -> None:
+    for start in range(0, len(clauses), 64):
+        response = requests.post(f"{url}/v1/models/tosguard:predict", json={"instances": clauses[start:start + 64]},
+                                 timeout=60)
+        assert response.status_code == 200, response.text
+
+
+def _word_salad(n: int, seed: int = 0) -> list[str]:
+    words = ("recipe garden sunshine bicycle melody harbor violin pancake meadow lantern puzzle orbit "
+             "cinnamon glacier tulip kettle").split()
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) for _ in range(n)]
+
+
+def test_the_familiar_stream_is_stable_and_a_drifted_one_says_retrain(server, spread_model, data_slice_dir, capsys):
+    url = server["url"]
+    familiar = _test_clauses(data_slice_dir)
+    # Too little traffic: no verdict either way.
+    assert main(["monitor", "--url", url, "--min-clauses", "100"]) == 0
+    assert "only 0 clauses scored" in capsys.readouterr().out
+
+    _send(url, familiar)  # the very clauses the reference was scored on
+    assert main(["monitor", "--url", url, "--min-clauses", "100", "--json"]) == 0
+    stable = json.loads(capsys.readouterr().out)
+    assert stable["clauses"] == len(familiar) and not stable["retrain"]
+    assert max(row["psi"] for row in stable["categories"]) < 0.01
+    reference = json.loads((spread_model / monitor.REFERENCE_FILE).read_text())
+    for row in stable["categories"]:  # positive rates: the served decisions match the reference's
+        assert row["live_positive_rate"] == pytest.approx(reference["categories"][row["category"]]["positive_rate"],
+                                                           abs=0.02)
+
+    # Three times as many clauses of word salad: the score distributions move.
+    _send(url, _word_salad(3 * len(familiar)))
+    code = main(["monitor", "--url", url, "--min-clauses", "100", "--json"])
+    drifted = json.loads(capsys.readouterr().out)
+    assert code == 3 and drifted["retrain"], drifted["reason"]
+    moved = [row for row in drifted["categories"] if row["drifted"]]
+    assert moved and all(row["psi"] >= 0.25 or row["ks"] >= 0.2 for row in moved)
+    assert drifted["reason"].startswith("drift in ")
+
+
+def test_a_window_judges_only_what_arrived_during_it(server, data_slice_dir, monkeypatch):
+    url = server["url"]
+    _send(url, _word_salad(400, seed=1))  # drifted traffic before the window opens
+    familiar = _test_clauses(data_slice_dir)
+    waited = []
+
+    def traffic_during_the_window(seconds):  # the window's wait, filled with familiar traffic
+        waited.append(seconds)
+        _send(url, familiar)
+
+    monkeypatch.setattr(monitor, "_wait", traffic_during_the_window)
+    result = monitor.check(url, str(server["model_dir"]), window=30.0, min_clauses=100)
+    assert waited == [30.0]
+    assert result["clauses"] == len(familiar)
+    assert not result["retrain"], result["reason"]
+    # The same server judged on everything since it started still sees the word salad.
+    assert monitor.check(url, str(server["model_dir"]), min_clauses=100)["retrain"]
+
+
+def test_reading_metrics_and_the_statistics():
+    reference = {"buckets": [0.5, 1.0], "categories": {"A": {"counts": [90, 10], "positive_rate": 0.1}}}
+    text = "\n".join([
+        "# TYPE tosguard_category_score histogram",
+        'tosguard_category_score_bucket{category="A",le="0.5"} 50.0',
+        'tosguard_category_score_bucket{category="A",le="1.0"} 100.0',
+        'tosguard_category_score_bucket{category="A",le="+Inf"} 100.0',
+        'tosguard_category_score_count{category="A"} 100.0',
+        'tosguard_category_score_sum{category="A"} 40.0',
+        "# TYPE tosguard_clauses_scored counter",
+        "tosguard_clauses_scored_total 100.0",
+        "# TYPE tosguard_category_positive counter",
+        'tosguard_category_positive_total{category="A"} 50.0',
+    ]) + "\n"
+    live = monitor.read_live(text)
+    assert live["categories"]["A"]["counts"] == [50.0, 50.0] and live["clauses"] == 100
+    result = monitor.compare(reference, live, min_clauses=10)
+    row = result["categories"][0]
+    # PSI of (0.9, 0.1) -> (0.5, 0.5): (0.5-0.9) ln(0.5/0.9) + (0.5-0.1) ln(0.5/0.1) = 0.879
+    assert row["psi"] == pytest.approx(0.879, abs=0.005)
+    assert row["ks"] == pytest.approx(0.4)
+    assert row["live_positive_rate"] == 0.5 and result["retrain"]
+    with pytest.raises(ValueError, match="no tosguard_category_score"):
+        monitor.read_live("# TYPE other counter\nother_total 1.0\n")
+    with pytest.raises(ValueError, match="buckets differ"):
+        monitor.compare({**reference, "buckets": [0.3, 1.0]}, live)
+    assert monitor.psi(np.array([5, 5]), np.array([5, 5])) == pytest.approx(0.0)
+
+
+def test_monitor_without_a_known_model_or_server_fails_clearly(tosguard_home, capsys, tmp_path):
+    with pytest.raises(SystemExit, match="pass --model"):
+        main(["monitor", "--url", "http://127.0.0.1:9"])
+    (tmp_path / "m").mkdir()
+    assert main(["monitor", "--url", "http://127.0.0.1:9", "--model", str(tmp_path / "m")]) == 2
+    assert "reference.json not found" in capsys.readouterr().err
+    (tmp_path / "m" / monitor.REFERENCE_FILE).write_text("{}")
+    assert main(["monitor", "--url", f"http://127.0.0.1:{free_port()}", "--model", str(tmp_path / "m")]) == 2
+    assert "cannot reach" in capsys.readouterr().err
