@@ -367,7 +367,8 @@ def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:
     """Make the folder at `uri` available locally and return its path.
 
     Local folders are used in place; `s3://bucket/prefix/` is downloaded once into a cache
-    keyed by the URI, every object verified, and reused while its `.complete` mark stands.
+    keyed by the endpoint and URI, every object verified, and reused while its `.complete`
+    mark stands and the remote folder lists the same files and sizes.
     """
     if not is_s3(uri):
         path = local_path(uri)
@@ -377,9 +378,16 @@ def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:
     from tosguard.components.config import cache_dir
 
     cache_root = cache_root or cache_dir()
-    target = cache_root / "s3" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    # Keyed by endpoint and URI: the same bucket path on another S3 server is another folder.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
+    target = cache_root / "s3" / hashlib.sha256(f"{endpoint}|{uri.rstrip('/')}".encode()).hexdigest()[:16]
+    listing = list_files(uri)
     if (target / ".complete").is_file():
-        return target
+        # Reused only while the remote folder still lists the same files with the same sizes.
+        cached = {k: v for k, v in list_files(str(target)).items() if k != ".complete"}
+        if cached == listing:
+            return target
+        log.info("%s changed since it was fetched; fetching it again", uri)
     tmp = target.with_suffix(".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     records = download_folder(uri, tmp)

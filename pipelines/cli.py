@@ -263,6 +263,25 @@ def _cmd_monitor(args) -> int:
     return 3 if result["retrain"] else 0
 
 
+def _cmd_teach(args) -> int:
+    """Score a data snapshot's train split with a trained model; keep it as a teacher."""
+    from tosguard.components import storage, teachers
+    from tosguard.components.store import store_root
+
+    data_hash = args.data_hash
+    if not data_hash:
+        snapshots = storage.join(store_root(args.store), "data", "unfair_tos")
+        found = sorted({path.split("/")[0] for path in storage.list_files(snapshots) if "/" in path})
+        if len(found) != 1:
+            raise ValueError(f"the store holds {len(found)} data snapshots; name one with --data-hash "
+                             f"({', '.join(h[:12] for h in found) or 'none: run the pipeline once first'})")
+        data_hash = found[0]
+    print(f"scoring the train split of data {data_hash[:12]} with {args.model} ...", flush=True)
+    result = teachers.teach(args.model, args.store, data_hash, args.name)
+    print(f"teacher {args.name}: {result['rows']} rows in {result['seconds']:.0f} s, stored at {result['uri']}.npy")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     """The LexGLUE 8+1 metric on labelled files: clauses JSONL, or documents with gold
     sentence offsets (scored on the gold sentences and, through the splitter, as whole
@@ -455,6 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--min-clauses", type=int, default=500, help="clauses needed before judging (default 500)")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
     mon.set_defaults(func=_cmd_monitor)
+
+    teach = sub.add_parser("teach", help="store a trained model's train-split scores as a distillation teacher",
+                           description="Score the train split of a data snapshot in the store with a trained model "
+                                       "and keep the scores under the data hash, where training with "
+                                       "distill_weight > 0 and teacher=NAME finds them.")
+    teach.add_argument("--model", required=True, metavar="DIR|URI", help="the teacher: a model folder or store URI")
+    teach.add_argument("--name", required=True, help="the teacher's name (the `teacher` training setting)")
+    teach.add_argument("--store", default="", help="the model store (default: the local one in the tosguard home)")
+    teach.add_argument("--data-hash", help="which data snapshot (default: the store's only one)")
+    teach.set_defaults(func=_cmd_teach)
 
     evaluate = sub.add_parser("eval", help="score labelled files with the LexGLUE metric",
                               description="LexGLUE 8+1 micro/macro-F1 on clauses JSONL files ({text, labels}) or "

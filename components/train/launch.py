@@ -22,7 +22,7 @@ RESULT_FILE = "train_result.json"  # the training summary rank 0 uploads next to
 
 
 def train_data_parallel(tokenized_dir: str, config: TrainConfig, output_dir: str, processes: int,
-                        checkpoint_dir: str | None = None) -> dict:
+                        checkpoint_dir: str | None = None, teacher: str | None = None) -> dict:
     """Train with `processes` workers under torchrun; returns rank 0's summary."""
     import torch
 
@@ -39,6 +39,8 @@ def train_data_parallel(tokenized_dir: str, config: TrainConfig, output_dir: str
         ]
         if checkpoint_dir:
             command += ["--checkpoint-dir", checkpoint_dir]
+        if teacher:
+            command += ["--teacher", teacher]
         env = dict(os.environ)
         if not torch.cuda.is_available():  # share the cores out instead of oversubscribing them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--summary", required=True, help="where rank 0 writes the summary JSON")
     parser.add_argument("--checkpoint-dir", help="folder or s3:// URI for resumable checkpoints")
+    parser.add_argument("--teacher", help="the teacher's stored train-split scores (distillation; teachers.py)")
     parser.add_argument("--upload", metavar="URI", help="rank 0 copies the model there (without the complete mark) "
                                                         f"with {RESULT_FILE}: how a TrainJob hands its model back")
     args = parser.parse_args(argv)
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from tosguard.components.storage import fetch_folder
 
         tokenized = str(fetch_folder(tokenized))
-    summary = train(tokenized, TrainConfig.from_json(args.config), args.output, checkpoint_dir=args.checkpoint_dir)
+    summary = train(tokenized, TrainConfig.from_json(args.config), args.output, checkpoint_dir=args.checkpoint_dir,
+                    teacher=args.teacher)
     rank, world, _ = distributed()
     if rank == 0:
         Path(args.summary).write_text(json.dumps(summary, default=str))

@@ -293,11 +293,13 @@ def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
 
 
 def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None,
-          teacher_scores: np.ndarray | None = None) -> dict:
+          teacher: np.ndarray | str | None = None) -> dict:
     """Train, pick the best validation epoch, export to output_dir. Returns a summary.
 
     config: a concrete method (not `auto`; see TrainConfig.resolved).
     mlflow: a tracking.RunLogger (live curves) or None.
+    teacher: with distill_weight > 0, the teacher's scores on the train split (rows x
+    categories), or the store URI teachers.ensure gave for them.
     checkpoint_dir: a folder or s3:// URI under which the resumable checkpoint is kept,
     keyed by config and data (default: TOSGUARD_CHECKPOINT_DIR, else the tosguard home). A
     run finding its checkpoint there continues from it.
@@ -307,7 +309,11 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     config = config.validate()
     if config.method == "auto":
         raise ValueError("train needs a concrete method: resolve `auto` with TrainConfig.resolved() first")
-    s = _set_up(tokenized_dir, config, teacher_scores)
+    if isinstance(teacher, str):
+        from tosguard.components import teachers
+
+        teacher = teachers.read(teacher)
+    s = _set_up(tokenized_dir, config, teacher)
     trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in s.model.parameters())
     log.info("train: %s on %s, %d rows, %d steps, trainable %d of %d parameters, device %s%s",

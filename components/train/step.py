@@ -65,7 +65,8 @@ def _draw_curves(summary: dict, output_dir: str, losses=()):
 
 
 def _train_with_trainjob(tokenized_dir: str, key: str, config: TrainConfig, uri: str, store: str, checkpoints: str,
-                         nodes: int, gpus: int, image: str, namespace: str, output_dir: str) -> dict:
+                         nodes: int, gpus: int, image: str, namespace: str, output_dir: str,
+                         teacher: str | None = None) -> dict:
     """Kubeflow Trainer: the nodes read the tokenized data from the store, rank 0 uploads
     the model to `uri`; the model is then fetched into output_dir. Returns the summary."""
     from tosguard.components.train.launch import RESULT_FILE
@@ -80,10 +81,26 @@ def _train_with_trainjob(tokenized_dir: str, key: str, config: TrainConfig, uri:
         storage.write_text(storage.join(tokenized, ".complete"), key)
     worker_args = ["--tokenized", tokenized, "--config", config.to_json(), "--output", "/tmp/tosguard-model",
                    "--summary", "/tmp/tosguard-train-summary.json", "--checkpoint-dir", checkpoints, "--upload", uri]
+    if teacher:  # in the s3:// store, where every node reads it
+        worker_args += ["--teacher", teacher]
     job = build_train_job(job_name(uri), namespace, image, nodes, max(gpus, 1), worker_args, gpus_per_node=gpus)
     run_train_job(job)
     storage.download_folder(uri, output_dir)
     return json.loads(storage.read_text(storage.join(uri, RESULT_FILE)))
+
+
+def _teacher(config: TrainConfig, store: str, data_hash: str, tokenized_dir: str, mlflow) -> str | None:
+    """With distillation on: the store URI of the teacher's train-split scores (teachers.py)."""
+    if not config.distill_weight:
+        return None
+    from datasets import load_from_disk
+
+    from tosguard.components import teachers
+
+    rows = len(load_from_disk(tokenized_dir)["train"])
+    uri = teachers.ensure(store, data_hash, config.teacher, rows)
+    mlflow.set_tags({"train.teacher": config.teacher, "train.teacher_uri": uri})
+    return uri
 
 
 def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_id: str, output_dir: str,
@@ -131,16 +148,19 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
             reused = True
         else:
             losses = ()  # the per-step loss, where this process trains and sees it
+            teacher = _teacher(config, store, data_hash, tokenized_dir, mlflow)
             if trainer == "trainjob":
                 summary = _train_with_trainjob(tokenized_dir, key, config, uri, store, checkpoints, nodes, gpus,
-                                               trainjob_image, namespace, output_dir)
+                                               trainjob_image, namespace, output_dir, teacher)
                 _log_curves(mlflow, summary)
             elif gpus > 1:  # workers run under torchrun; their curves are recorded once they finish
-                summary = train_data_parallel(tokenized_dir, config, output_dir, gpus, checkpoint_dir=checkpoints)
+                summary = train_data_parallel(tokenized_dir, config, output_dir, gpus, checkpoint_dir=checkpoints,
+                                              teacher=teacher)
                 _log_curves(mlflow, summary)
             else:
                 recorder = _LossRecorder(mlflow)
-                summary = train(tokenized_dir, config, output_dir, mlflow=recorder, checkpoint_dir=checkpoints)
+                summary = train(tokenized_dir, config, output_dir, mlflow=recorder, checkpoint_dir=checkpoints,
+                                teacher=teacher)
                 losses = recorder.losses
             summary.update({
                 "version": version, "data_hash": data_hash, "base_model": config.base_model, "method": config.method,
