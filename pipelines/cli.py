@@ -91,7 +91,10 @@ def _cmd_compile(args) -> int:
         taint_key=args.taint_key, taint_value=args.taint_value, count=args.gpus,
     )
     cluster = ClusterSettings(s3_secret=args.s3_secret, mlflow_secret=args.mlflow_secret, caching=not args.no_cache)
-    compiler.Compiler().compile(make_pipeline(pool, cluster, PRESETS[args.preset]), package_path=args.output)
+    from tosguard.pipelines.pipeline import make_drift_pipeline
+
+    build = make_drift_pipeline if args.drift_watch else make_pipeline
+    compiler.Compiler().compile(build(pool, cluster, PRESETS[args.preset]), package_path=args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -100,7 +103,7 @@ def _params(args) -> dict:
     """--param K=V, typed; --no-cache also stops train from reusing a stored model."""
     from tosguard.pipelines.submit import parse_params
 
-    params = parse_params(args.param, args.preset)
+    params = parse_params(args.param, args.preset, drift_watch=getattr(args, "drift_watch", False))
     if args.no_cache:
         params.setdefault("reuse_stored_model", False)
     return params
@@ -119,8 +122,10 @@ def _cmd_schedule(args) -> int:
     from tosguard.pipelines.submit import schedule
 
     result = schedule(args.host, args.namespace, args.experiment, args.name, args.cron, _params(args),
-                      enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline)
-    print(f"scheduled recurring run {result['recurring_run_id']} ({args.cron}, at most one at a time)")
+                      enable_caching=False if args.no_cache else None, pipeline_file=args.pipeline,
+                      drift_watch=args.drift_watch)
+    what = "drift watch (retrains only on drift)" if args.drift_watch else "recurring run"
+    print(f"scheduled {what} {result['recurring_run_id']} ({args.cron}, at most one at a time)")
     return 0
 
 
@@ -389,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--mlflow-secret", default="tosguard-mlflow",
                       help="Secret with MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD")
     comp.add_argument("--no-cache", action="store_true", help="turn caching off for every task (a fresh run)")
+    comp.add_argument("--drift-watch", action="store_true",
+                      help="compile the drift watch instead: check the endpoint, retrain only when it drifted")
     comp.set_defaults(func=_cmd_compile)
 
     def kfp_options(p):
@@ -414,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     kfp_options(sched)
     sched.add_argument("--cron", required=True, help="6-field cron, seconds first, e.g. '0 0 3 * * 1'")
     sched.add_argument("--name", default="tosguard-retraining", help="recurring run name")
+    sched.add_argument("--drift-watch", action="store_true",
+                       help="schedule the drift watch: each run checks the endpoint (--param url=...) and runs "
+                            "the training pipeline only when the scores drifted")
     sched.set_defaults(func=_cmd_schedule)
 
     serve = sub.add_parser("serve", help="start (or stop) the local KServe model server on 127.0.0.1",

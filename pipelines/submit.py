@@ -13,16 +13,17 @@ _CASTS = {"Integer": int, "NUMBER_INTEGER": int, "Float": float, "Double": float
 TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig))
 
 
-def parse_params(pairs: list[str] | None, preset: str | None = None) -> dict:
+def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch: bool = False) -> dict:
     """KEY=VALUE strings -> pipeline arguments, typed and checked against the pipeline.
 
     A training setting (`epochs=2`, or `train={"epochs": 2}` as JSON) goes into the one
     `train` block, built on `preset` (default: the default preset) and validated here, so
-    a bad value fails before anything is submitted.
+    a bad value fails before anything is submitted. drift_watch: check against the drift
+    watch's parameters instead of the training pipeline's.
     """
-    from tosguard.pipelines.pipeline import tosguard_pipeline
+    from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
-    inputs = tosguard_pipeline.component_spec.inputs or {}
+    inputs = (drift_watch_pipeline if drift_watch else tosguard_pipeline).component_spec.inputs or {}
     params, train = {}, {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -59,7 +60,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None) -> dict:
     return params
 
 
-def _package(pipeline_file: str | None, workdir: str, caching: bool | None = None) -> str:
+def _package(pipeline_file: str | None, workdir: str, caching: bool | None = None, drift_watch: bool = False) -> str:
     """The pipeline YAML to send; with caching=False every task, nested ones too, uncached."""
     if pipeline_file:
         if not Path(pipeline_file).is_file():
@@ -68,10 +69,10 @@ def _package(pipeline_file: str | None, workdir: str, caching: bool | None = Non
     else:
         from kfp import compiler
 
-        from tosguard.pipelines.pipeline import tosguard_pipeline
+        from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
         path = str(Path(workdir) / "tosguard.yaml")
-        compiler.Compiler().compile(tosguard_pipeline, package_path=path)
+        compiler.Compiler().compile(drift_watch_pipeline if drift_watch else tosguard_pipeline, package_path=path)
     return _without_cache(path, workdir) if caching is False else path
 
 
@@ -109,7 +110,7 @@ def submit(host: str, namespace: str | None, experiment: str, run_name: str, par
 
 
 def schedule(host: str, namespace: str | None, experiment: str, name: str, cron: str, params: dict,
-             enable_caching: bool | None = None, pipeline_file: str | None = None) -> dict:
+             enable_caching: bool | None = None, pipeline_file: str | None = None, drift_watch: bool = False) -> dict:
     fields = cron.split()
     if len(fields) != 6:
         raise ValueError(
@@ -121,7 +122,7 @@ def schedule(host: str, namespace: str | None, experiment: str, name: str, cron:
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=cron,
             max_concurrency=1,  # a retraining run never overlaps the previous one
-            no_catchup=True, params=params, pipeline_package_path=_package(pipeline_file, tmp, enable_caching),
+            no_catchup=True, params=params, pipeline_package_path=_package(pipeline_file, tmp, enable_caching, drift_watch),
             enable_caching=enable_caching,
         )
     return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id}

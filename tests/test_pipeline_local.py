@@ -64,7 +64,9 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     page = next(root.glob("*/evaluate-model/report_html")).read_text(encoding="utf-8")
     assert (out / "report.html").read_text(encoding="utf-8") == page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 2 and base64.b64decode(images[0]) == (model_dir / "training_curves.png").read_bytes()
+    # Training curves, confusions, reliability before and after calibration.
+    assert len(images) == 3 and base64.b64decode(images[0]) == (model_dir / "training_curves.png").read_bytes()
+    assert (model_dir / "reference.json").is_file()  # the drift watch's reference, beside the model
     assert set(summary["step_seconds"]) == {"download", "tokenize", "train", "evaluate", "deploy"}
 
     # One MLflow run holds params, the per-step loss curve, validation and test metrics, artifacts.
@@ -129,3 +131,42 @@ def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_pat
     # where the whole log is.
     assert "the failed step's last lines" in err and "train.jsonl" in err
     assert str(tmp_path / "out" / "run.log") in err
+
+    _drift_watch_retrains_only_on_drift(url, model_dir, tmp_path)
+
+
+def _drift_watch_retrains_only_on_drift(url: str, model_dir: Path, tmp_path: Path) -> None:
+    """The drift-watch pipeline on kfp.local against the served model: with no traffic it
+    leaves the model alone; after a stream of word salad its check says retrain and the
+    whole training pipeline runs inside the condition (the stored model is reused: same
+    data, same settings), gated and redeployed."""
+    import random
+
+    from kfp import local
+
+    from tosguard.components.config import PRESETS
+    from tosguard.components.tracking import find_runs
+    from tosguard.pipelines.pipeline import ClusterSettings, make_drift_pipeline
+
+    watch = make_drift_pipeline(cluster=ClusterSettings(retries=False, trainjob_branch=False))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "watch"),
+               raise_on_error=True)
+    common = {"url": url, "model": str(model_dir), "min_clauses": 300, "train": PRESETS["quick"].to_dict(),
+              "deploy_target": "local", "gate_floor": 0.0}
+    watch(run_name="watch-calm", **common)
+    assert not find_runs("tags.`mlflow.runName` = 'watch-calm'")
+
+    words = "recipe garden sunshine bicycle melody harbor violin pancake meadow lantern puzzle orbit".split()
+    rng = random.Random(0)
+    salad = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) for _ in range(400)]
+    for start in range(0, len(salad), 100):
+        response = requests.post(f"{url}/v1/models/tosguard:predict", json={"instances": salad[start:start + 100]},
+                                 timeout=60)
+        assert response.status_code == 200
+    watch(run_name="watch-drifted", **common)
+    (retrained,) = find_runs("tags.`mlflow.runName` = 'watch-drifted'")
+    tags = retrained.data.tags
+    assert tags["train.reused"] == "True" and json.loads(tags["gate"])["passed"] is True
+    assert tags.get("endpoint") and tags.get("deployed_version") == tags.get("model_version")
+    checks = sorted((tmp_path / "watch").glob("*/check-drift/report"))
+    assert len(checks) == 2 and "RETRAIN" in checks[-1].read_text() + checks[0].read_text()

@@ -128,3 +128,28 @@ def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
     assert main(["submit", "--host", kfp_api.url, "--preset", "quick", "--param", "train={\"lora_r\": 0}"]) == 2
     assert "lora_r must be >= 1" in capsys.readouterr().err
     assert not kfp_api.posted("/apis/v2beta1/runs")
+
+
+def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_condition(kfp_api, capsys):
+    url = "http://tosguard-predictor.tosguard.svc.cluster.local"
+    assert main(["schedule", "--host", kfp_api.url, "--cron", "0 0 * * * *", "--drift-watch",
+                 "--param", f"url={url}", "--param", "psi_threshold=0.2", "--param", "epochs=5"]) == 0
+    assert "drift watch" in capsys.readouterr().out
+    (job,) = kfp_api.posted("/apis/v2beta1/recurringruns")
+    params = job["runtime_config"]["parameters"]
+    assert params["url"] == url and params["psi_threshold"] == 0.2 and params["train"]["epochs"] == 5
+    spec, _ = _specs(job)
+    assert spec["pipelineInfo"]["name"] == "tosguard-drift-watch"
+    root = spec["root"]["dag"]["tasks"]
+    # The check is never answered from the cache (the traffic changes, the inputs do not).
+    assert root["check-drift"]["cachingOptions"].get("enableCache") is not True
+    condition = next(t for name, t in root.items() if name.startswith("condition"))
+    assert "check-drift" in condition["triggerPolicy"]["condition"] and "retrain" in condition["triggerPolicy"]["condition"]
+    # Inside the condition: the whole training pipeline, as a sub-DAG.
+    branch = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    (inner,) = branch.values()
+    steps = spec["components"][inner["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"open-run", "download-data", "tokenize-data", "evaluate-model"} <= set(steps)
+    assert main(["schedule", "--host", kfp_api.url, "--cron", "0 0 * * * *", "--drift-watch",
+                 "--param", "nodes=2"]) == 2  # a training-pipeline parameter the watch does not take
+    assert "not a pipeline parameter" in capsys.readouterr().err
