@@ -129,6 +129,16 @@ def test_wrapped_lines_join_and_paragraphs_split():
     assert parts(text) == ["We may suspend\nyour account if\nyou break the rules", "and we may delete it;", "or keep it"]
 
 
+def test_table_cells_are_read_one_by_one_and_a_marker_keeps_its_clause():
+    """A flattened tab-separated table (as in Spotify's choice-of-law chart) is cut at its
+    tabs, so no row borrows the categories of another; a tab after a list marker is not a
+    cell boundary."""
+    text = "See the chart. Country\tChoice of Law\tJurisdiction Turkey\tLaws of Sweden\tCourts of Turkey"
+    assert parts(text) == ["See the chart.", "Country", "Choice of Law", "Jurisdiction Turkey", "Laws of Sweden",
+                             "Courts of Turkey"]
+    assert parts("(a)\tYou may cancel. ii.\tWe may stop.") == ["(a)\tYou may cancel.", "ii.\tWe may stop."]
+
+
 def test_an_overlong_span_is_chunked_at_whitespace():
     text = "word " * 3000 + "End."
     spans = split_sentences(text)
@@ -161,6 +171,8 @@ N = 1_000_000
     ("short lines", "A\n" * (N // 2)),
     ("bullets", "•" * (N // 2)),
     ("whitespace", " \t" * (N // 2)),
+    ("table cells", "a\t" * (N // 2)),
+    ("markers before tabs", "(a)\t" * (N // 4)),
     ("the served pathological document", "No. " * 41_000 + "Hi! " * 80_000),
 ])
 def test_a_megabyte_of_hostile_text_splits_in_bounded_time(name, text):

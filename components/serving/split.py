@@ -17,7 +17,8 @@ are..."), so that the heading took the categories of the sentence. The rules, in
 2. Layout: a blank line always ends a clause; a single line break does when the line before
    ends in . ! ? : ; or looks like a heading (short, capitalised, no final punctuation), or
    the next line opens with a bullet or list marker; a bullet (•) ends a clause wherever
-   it stands. Other line breaks are wrapped lines. A semicolon alone does not cut (LexGLUE
+   it stands; a tab separates table cells and ends a clause, unless all before it is a
+   list marker ("(a)\tYou may..."). Other line breaks are wrapped lines. A semicolon alone does not cut (LexGLUE
    sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
    a colon only before a list item ("...terminate your account: (a) if you...").
 3. Headings run into the text (HTML or PDF flattened into one line): at each clause start,
@@ -52,6 +53,7 @@ _CLOSERS = "\"'”’»)]"
 _CANDIDATE = re.compile(
     rf"(?<![.!?:;])[.!?:;]+[{re.escape(_CLOSERS)}]*(?P<ws>\s+)"
     r"|(?P<nl>\n)\s*"
+    r"|(?P<tab>\t)[^\S\n]*"
     rf"|(?P<bullet>)(?=[{_BULLETS}])"
 )
 
@@ -181,6 +183,13 @@ def _raw_spans(text: str) -> list[tuple[int, int]]:
                 continue
             cut = at
         elif match.group("bullet") is not None:
+            cut = match.start()
+        elif match.group("tab") is not None:
+            # A tab separates table cells: each cell is read on its own, unless all before
+            # the tab is a list marker ("(a)\tYou may...").
+            before = text[start:match.start()].strip()
+            if not before or _MARKER.fullmatch(before):
+                continue
             cut = match.start()
         else:
             if not _sentence_end(text, start, match):
