@@ -5,7 +5,7 @@ code": this file is stored with the model and run to load it; nothing is pickled
     model.predict(pandas.DataFrame({"clause": ["We may terminate your account at any time."]}))
 
 Input: a `clause` column of strings (or a list of strings). Output, per clause: `unfair`,
-`categories` (a JSON list) and a sigmoid score column per category. The model's folder
+`categories` (a JSON list) and a calibrated score column per category. The model's folder
 travels as the artifact `model`; the tosguard code it needs travels as code_paths.
 """
 import json

@@ -6,7 +6,7 @@
     model.score(["We may terminate your account at any time."])
     model.analyze(open("terms.txt").read())  # a whole ToS: the flagged clauses with offsets
 
-`score` gives per clause `unfair`, the `categories` found, a sigmoid score per category
+`score` gives per clause `unfair`, the `categories` found, a calibrated score per category
 and `truncated`; `analyze` splits a document into clauses and returns the flagged ones
 with their character offsets. The installed package maps the repository's folders:
 `tosguard.components` (step logic, serving) and `tosguard.pipelines` (the KFP layer).

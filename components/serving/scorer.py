@@ -1,4 +1,4 @@
-"""Scoring with an exported model: clauses in, per-category sigmoid scores, the categories
+"""Scoring with an exported model: clauses in, per-category calibrated scores, the categories
 that pass the thresholds shipped with the model, and whole-document analysis.
 
 Multi-label: a category is found when its score exceeds that category's threshold; never

@@ -33,7 +33,7 @@ class Telemetry:
         self.clauses = Counter("tosguard_clauses_scored", "clauses scored", registry=r)
         self.positives = Counter("tosguard_category_positive", "clauses found in each category", ["category"],
                                  registry=r)
-        self.scores = Histogram("tosguard_category_score", "sigmoid score per category", ["category"], registry=r,
+        self.scores = Histogram("tosguard_category_score", "calibrated score per category", ["category"], registry=r,
                                 buckets=SCORE_BUCKETS)
         self.shed = Counter("tosguard_shed", "requests refused with 503 (overload or deadline)", ["reason"],
                             registry=r)
