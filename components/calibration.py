@@ -3,9 +3,11 @@
 A trained model's sigmoid scores are not probabilities: LoRA training with early stopping
 leaves them over- or under-confident by category. At the end of training the best
 epoch's scores on the validation split (rows the model never trained on) fit one Platt
-map per category, p = sigmoid(a * logit(s) + b), by Newton's method on the log-loss with
-a weak pull towards the identity (a = 1, b = 0), so a category with few validation
-positives stays close to its raw scores. The test split is never used to fit anything:
+map per category, p = sigmoid(a * logit(s) + b), by Newton's method on the log-loss (a
+small ridge towards the identity, a = 1, b = 0, keeps the Newton steps defined when a
+category has no validation positives; it does not keep such a category near its raw
+scores). A map that would reverse or flatten the order of scores (a <= 0.05) is replaced by
+the identity. The test split is never used to fit anything:
 evaluation only measures the expected calibration error (ECE) there, before and after.
 
 Decisions are kept where they were measured: the `default` profile's thresholds are the
@@ -107,10 +109,10 @@ def recall_thresholds(scores: np.ndarray, gold: np.ndarray, target: float = TRIA
             out.append(0.5)
             continue
         # Keep the top ceil(target * n) positives above the threshold: sit just under the
-        # lowest of them.
+        # lowest of them, in the float32 the scores are compared in.
         keep = int(np.ceil(target * len(positives)))
-        lowest_kept = positives[len(positives) - keep]
-        out.append(float(max(lowest_kept - 1e-6, 1e-6)))
+        lowest_kept = np.float32(positives[len(positives) - keep])
+        out.append(float(np.nextafter(lowest_kept, np.float32(-1.0))))
     return out
 
 

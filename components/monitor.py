@@ -65,15 +65,18 @@ def read_live(metrics_text: str) -> dict:
     cumulative: dict[str, dict[float, float]] = {}
     positives: dict[str, float] = {}
     clauses = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == "tosguard_category_score_bucket":
-                bound = float(sample.labels["le"])
-                cumulative.setdefault(sample.labels["category"], {})[bound] = sample.value
-            elif sample.name == "tosguard_category_positive_total":
-                positives[sample.labels["category"]] = sample.value
-            elif sample.name == "tosguard_clauses_scored_total":
-                clauses = sample.value
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            for sample in family.samples:
+                if sample.name == "tosguard_category_score_bucket":
+                    bound = float(sample.labels["le"])
+                    cumulative.setdefault(sample.labels["category"], {})[bound] = sample.value
+                elif sample.name == "tosguard_category_positive_total":
+                    positives[sample.labels["category"]] = sample.value
+                elif sample.name == "tosguard_clauses_scored_total":
+                    clauses = sample.value
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"these metrics are not a tosguard server's ({type(exc).__name__}: {exc})") from None
     if not cumulative:
         raise ValueError("these metrics carry no tosguard_category_score histogram: is this a tosguard server?")
     categories = {}
@@ -86,13 +89,20 @@ def read_live(metrics_text: str) -> dict:
 
 
 def subtract(later: dict, earlier: dict) -> dict:
-    """What was scored between two reads of the metrics."""
+    """What was scored between two reads of the metrics. Counters only grow: if one went
+    down, the two reads came from different server processes (a restart, or a URL that
+    balances over several replicas) and their difference means nothing."""
     out = {"clauses": later["clauses"] - earlier["clauses"], "categories": {}}
+    fell = out["clauses"] < 0
     for name, now in later["categories"].items():
         before = earlier["categories"].get(name, {"counts": [0.0] * len(now["counts"]), "positives": 0.0})
-        out["categories"][name] = {"bounds": now["bounds"],
-                                   "counts": [a - b for a, b in zip(now["counts"], before["counts"])],
+        counts = [a - b for a, b in zip(now["counts"], before["counts"])]
+        fell = fell or min(counts, default=0) < 0 or now["positives"] < before["positives"]
+        out["categories"][name] = {"bounds": now["bounds"], "counts": counts,
                                    "positives": now["positives"] - before["positives"]}
+    if fell:
+        raise ValueError("the server's counters went down between the two reads: it restarted, or the URL balances "
+                         "over several replicas (watch one pod's address); read again")
     return out
 
 
@@ -141,23 +151,54 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
             "reference_split": reference.get("split", "test"), "categories": rows}
 
 
+MAX_METRICS_BYTES = 8 * 2**20
+METRICS_DEADLINE_S = 30.0
+
+
 def fetch_metrics(url: str, token: str | None = None, timeout: float = 10.0) -> str:
+    """GET URL/metrics: at most MAX_METRICS_BYTES, within METRICS_DEADLINE_S in all (a
+    server that drips bytes or sends without end is cut off with a clear error)."""
     import requests
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + METRICS_DEADLINE_S
     try:
-        response = requests.get(url.rstrip("/") + "/metrics", headers=headers, timeout=timeout)
+        with requests.get(url.rstrip("/") + "/metrics", headers=headers, timeout=timeout, stream=True) as response:
+            body = bytearray()
+            for chunk in response.iter_content(65536):
+                body += chunk
+                if len(body) > MAX_METRICS_BYTES:
+                    raise ConnectionError(f"{url}/metrics sent more than {MAX_METRICS_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"{url}/metrics took longer than {METRICS_DEADLINE_S:.0f} s")
     except requests.RequestException as exc:
         raise ConnectionError(f"cannot reach {url}: {exc}") from None
+    text = body.decode("utf-8", errors="replace")
     if response.status_code != 200:
-        raise ConnectionError(f"{url}/metrics answered HTTP {response.status_code}: {response.text[:200]}")
-    return response.text
+        raise ConnectionError(f"{url}/metrics answered HTTP {response.status_code}: {text[:200]}")
+    return text
+
+
+def token() -> str | None:
+    """The bearer token to read a protected server with: TOSGUARD_AUTH_TOKEN_FILE or
+    TOSGUARD_AUTH_TOKEN, as the server itself reads it."""
+    import os
+
+    path = os.environ.get("TOSGUARD_AUTH_TOKEN_FILE")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    return os.environ.get("TOSGUARD_AUTH_TOKEN") or None
 
 
 def load_reference(model: str) -> dict:
-    """reference.json from a model folder or store URI (file://, s3://)."""
+    """reference.json from a model folder, store URI (file://, s3://) or registry URI
+    (models:/tosguard@champion, models:/tosguard/3)."""
     from tosguard.components import storage
 
+    if model.startswith("models:/"):
+        from tosguard.components.tracking import model_source
+
+        model = model_source(model)
     if "://" in model:
         uri = storage.join(model, REFERENCE_FILE)
         if not storage.exists(uri):
@@ -196,7 +237,6 @@ def run_step(url: str, model: str, window: float, psi_threshold: float, ks_thres
              drift_metrics, report_path: str):
     """The pipeline's drift check. model: the served model's folder or store URI; empty: the
     registry's champion (the model the gate promoted and deploy serves)."""
-    import os
     from collections import namedtuple
 
     if not model:
@@ -206,7 +246,7 @@ def run_step(url: str, model: str, window: float, psi_threshold: float, ks_thres
         if not best:
             raise RuntimeError("no champion model in the registry to compare with; pass `model`")
         model = best["source"]
-    result = check(url, model, window=window, token=os.environ.get("TOSGUARD_AUTH_TOKEN"),
+    result = check(url, model, window=window, token=token(),
                    psi_threshold=psi_threshold, ks_threshold=ks_threshold, min_clauses=min_clauses)
     drift_metrics.log_metric("clauses", result["clauses"])
     for row in result["categories"]:

@@ -379,11 +379,17 @@ def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:
 
     cache_root = cache_root or cache_dir()
     # Keyed by endpoint and URI: the same bucket path on another S3 server is another folder.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
+    endpoint = s3_client().meta.endpoint_url
     target = cache_root / "s3" / hashlib.sha256(f"{endpoint}|{uri.rstrip('/')}".encode()).hexdigest()[:16]
-    listing = list_files(uri)
     if (target / ".complete").is_file():
-        # Reused only while the remote folder still lists the same files with the same sizes.
+        # Reused while the remote folder still lists the same files with the same sizes (a
+        # changed size means a changed file; a same-size rewrite is not seen: store
+        # versions are never rewritten). If the store cannot be listed, the copy is used.
+        try:
+            listing = {k: v for k, v in list_files(uri).items() if k != ".complete"}
+        except Exception as exc:  # noqa: BLE001 (offline: the verified copy stands)
+            log.warning("cannot list %s (%s); using the copy fetched before", uri, exc)
+            return target
         cached = {k: v for k, v in list_files(str(target)).items() if k != ".complete"}
         if cached == listing:
             return target

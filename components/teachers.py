@@ -38,9 +38,16 @@ def _name_ok(name: str) -> str:
     return name
 
 
+def _hash_ok(data_hash: str) -> str:
+    if not all(c in "0123456789abcdef" for c in data_hash) or not 12 <= len(data_hash) <= 64:
+        raise ValueError(f"a data hash is 12 to 64 lower-case hex digits (got {data_hash!r})")
+    return data_hash
+
+
 def teacher_uri(store: str, data_hash: str, name: str) -> str:
     from tosguard.components.store import store_root
 
+    _hash_ok(data_hash)
     return storage.join(store_root(store), "teachers", data_hash, _name_ok(name))
 
 
@@ -78,6 +85,11 @@ def _read(npy: bytes, record: dict, where: str) -> np.ndarray:
         raise ValueError(f"teacher scores at {where} have shape {scores.shape}, their record says "
                          f"({record['rows']}, {len(CATEGORIES)})")
     return scores
+
+
+def record(uri: str) -> dict:
+    """What made a stored teacher's scores (model, data, rows, sha256)."""
+    return json.loads(storage.read_text(uri + ".json"))
 
 
 def read(uri: str) -> np.ndarray:
@@ -124,7 +136,8 @@ def teach(model: str, store: str, data_hash: str, name: str, precision: str = "f
     from tosguard.components.store import snapshot_uri
 
     started = time.time()
-    snapshot = storage.join(snapshot_uri(store, data_hash), "train.jsonl")
+    _name_ok(name)
+    snapshot = storage.join(snapshot_uri(store, _hash_ok(data_hash)), "train.jsonl")
     if not storage.exists(snapshot):
         raise FileNotFoundError(f"no data snapshot at {snapshot}: run the pipeline once on this data first")
     texts = [json.loads(line)["text"] for line in storage.read_text(snapshot).splitlines() if line.strip()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -262,7 +261,7 @@ def _cmd_monitor(args) -> int:
             raise SystemExit("tosguard monitor: pass --model (the served model's folder or store URI); only the "
                              "local server started by `tosguard serve` is known without it")
         model = state["model_dir"]
-    result = monitor.check(args.url, model, window=args.window, token=os.environ.get("TOSGUARD_AUTH_TOKEN"),
+    result = monitor.check(args.url, model, window=args.window, token=monitor.token(),
                            psi_threshold=args.psi, ks_threshold=args.ks, min_clauses=args.min_clauses)
     print(json.dumps(result, indent=2) if args.json else monitor.table(result))
     return 3 if result["retrain"] else 0

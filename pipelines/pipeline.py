@@ -41,6 +41,9 @@ class ClusterSettings:
     # The Kubeflow Trainer branch (trainer=trainjob). kfp.local cannot merge the outputs of
     # two branches (dsl.OneOf of artifacts), so local runs build the one-node graph only.
     trainjob_branch: bool = True
+    # The drift watch reads a token-protected endpoint with the key `token` of this Secret
+    # (mounted when it exists; the same Secret the deploy's `auth_secret` names).
+    endpoint_token_secret: str = "tosguard-auth"
 
 
 _S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
@@ -205,8 +208,11 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
                         train_defaults: TrainConfig = PRESETS["default"]):
     """The drift watch: check the live endpoint against the served model's test reference;
     when drift crosses the thresholds, run the whole training pipeline (inline, as a
-    sub-DAG). Scheduled with `tosguard schedule --pipeline-kind drift`, it retrains only
-    when the traffic has moved."""
+    sub-DAG). Scheduled with `tosguard schedule --drift-watch`, it retrains only when the
+    traffic has moved. Every parameter of the training pipeline passes through, so a
+    retrain deploys as the last run did (its token Secret, replicas, image). A protected
+    endpoint is read with the token in the Secret `cluster.endpoint_token_secret` (key
+    `token`, mounted if it exists)."""
     training = make_pipeline(pool, cluster, train_defaults)
 
     @dsl.pipeline(
@@ -231,17 +237,34 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         deploy_target: str = "kserve",
         service_name: str = NAME,
         namespace: str = NAME,
+        gpus: int = pool.count,
+        trainer: str = "pod",
+        nodes: int = 1,
+        reuse_stored_model: bool = cluster.caching,
+        serving_image: str = SERVING_IMAGE,
+        service_account: str = f"{NAME}-predictor",
+        ready_timeout_s: int = 900,
+        min_replicas: int = 1,
+        max_replicas: int = 3,
+        concurrency_target: int = 4,
+        expose: bool = False,
+        auth_secret: str = "",
     ):
         check = steps.check_drift(url=url, model=model, window_s=window_s, psi_threshold=psi_threshold,
                                   ks_threshold=ks_threshold, min_clauses=min_clauses)
         check.set_display_name("Check the endpoint for drift")
         _on_cluster(check, cluster, "500m", "1Gi", network_retries=2)
         check.set_caching_options(False)  # the traffic changes between runs with the same inputs
+        kubernetes.use_secret_as_env(check, cluster.endpoint_token_secret, {"token": "TOSGUARD_AUTH_TOKEN"},
+                                     optional=True)
         with dsl.If(check.outputs["retrain"] == True, name="drift-found"):  # noqa: E712 (a pipeline channel)
             retrain = training(
                 run_name=run_name, source=source, train=train, store=store, gate_floor=gate_floor,
                 gate_tolerance=gate_tolerance, deploy=deploy, deploy_target=deploy_target,
-                service_name=service_name, namespace=namespace,
+                service_name=service_name, namespace=namespace, gpus=gpus, trainer=trainer, nodes=nodes,
+                reuse_stored_model=reuse_stored_model, serving_image=serving_image, service_account=service_account,
+                ready_timeout_s=ready_timeout_s, min_replicas=min_replicas, max_replicas=max_replicas,
+                concurrency_target=concurrency_target, expose=expose, auth_secret=auth_secret,
             )
             retrain.set_display_name("Retrain (tosguard pipeline)")
 

@@ -84,3 +84,10 @@ def test_profiles_from_the_card():
     assert C.card_params({"thresholds": [0.5]}) is None
     raw = np.array([[0.2, 0.7]], dtype=np.float32)
     assert np.array_equal(C.apply(raw, None), raw)
+
+
+def test_triage_keeps_positives_whose_scores_are_vanishingly_small():
+    scores = np.array([[1e-11], [2e-11], [0.7], [0.8], [1e-12]], dtype=np.float32)
+    gold = np.array([[1], [1], [1], [1], [0]])
+    (threshold,) = C.recall_thresholds(scores, gold, target=1.0)
+    assert ((scores[:, 0] > np.float32(threshold)) & (gold[:, 0] == 1)).sum() == 4

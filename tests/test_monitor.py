@@ -140,6 +140,13 @@ def test_reading_metrics_and_the_statistics():
     with pytest.raises(ValueError, match="buckets differ"):
         monitor.compare({**reference, "buckets": [0.3, 1.0]}, live)
     assert monitor.psi(np.array([5, 5]), np.array([5, 5])) == pytest.approx(0.0)
+    # A restart (or another replica) between the two reads of a window: counters fell.
+    restarted = monitor.read_live(text.replace("100.0", "10.0").replace("50.0", "5.0"))
+    with pytest.raises(ValueError, match="counters went down"):
+        monitor.subtract(restarted, live)
+    assert monitor.subtract(live, restarted)["clauses"] == 90
+    with pytest.raises(ValueError, match="not a tosguard server"):
+        monitor.read_live('tosguard_category_score_bucket{le="0.5"} 1.0\n')  # no category label
 
 
 def test_monitor_without_a_known_model_or_server_fails_clearly(tosguard_home, capsys, tmp_path):

@@ -137,6 +137,8 @@ def test_table_cells_are_read_one_by_one_and_a_marker_keeps_its_clause():
     assert parts(text) == ["See the chart.", "Country", "Choice of Law", "Jurisdiction Turkey", "Laws of Sweden",
                              "Courts of Turkey"]
     assert parts("(a)\tYou may cancel. ii.\tWe may stop.") == ["(a)\tYou may cancel.", "ii.\tWe may stop."]
+    assert parts("•\tWe may change these terms. -\tYou may leave.") == ["•\tWe may change these terms.",
+                                                                      "-\tYou may leave."]
 
 
 def test_an_overlong_span_is_chunked_at_whitespace():

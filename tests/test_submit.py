@@ -138,6 +138,10 @@ def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_co
     (job,) = kfp_api.posted("/apis/v2beta1/recurringruns")
     params = job["runtime_config"]["parameters"]
     assert params["url"] == url and params["psi_threshold"] == 0.2 and params["train"]["epochs"] == 5
+    # The retrain deploys as the training pipeline would: every one of its parameters passes through.
+    from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
+
+    assert set(tosguard_pipeline.component_spec.inputs) <= set(drift_watch_pipeline.component_spec.inputs)
     spec, _ = _specs(job)
     assert spec["pipelineInfo"]["name"] == "tosguard-drift-watch"
     root = spec["root"]["dag"]["tasks"]
@@ -151,5 +155,5 @@ def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_co
     steps = spec["components"][inner["componentRef"]["name"]]["dag"]["tasks"]
     assert {"open-run", "download-data", "tokenize-data", "evaluate-model"} <= set(steps)
     assert main(["schedule", "--host", kfp_api.url, "--cron", "0 0 * * * *", "--drift-watch",
-                 "--param", "nodes=2"]) == 2  # a training-pipeline parameter the watch does not take
+                 "--param", "epochz=2"]) == 2
     assert "not a pipeline parameter" in capsys.readouterr().err

@@ -29,8 +29,12 @@ def test_saved_scores_read_back_and_tampering_is_caught(tmp_path):
 
 
 def test_the_shipped_teacher_lands_in_the_store_once(tmp_path, caplog):
-    """The default preset's teacher for the bundled data comes with the project."""
-    assert PRESETS["default"].teacher == DEFAULT_TEACHER and PRESETS["default"].distill_weight > 0
+    """The shipped teacher for the bundled data comes with the project; the default preset
+    does not distil (measured: no gain over seeds) and its keys ignore the new settings."""
+    assert PRESETS["default"].distill_weight == 0
+    assert "distill_weight" not in PRESETS["default"].key_json() and "teacher" not in PRESETS["default"].key_json()
+    distilling = TrainConfig(distill_weight=0.5, teacher=DEFAULT_TEACHER)
+    assert distilling.key_json({"teacher_sha256": "a"}) != distilling.key_json({"teacher_sha256": "b"})
     store = str(tmp_path / "store")
     import logging
 
@@ -107,3 +111,12 @@ def test_teach_scores_a_snapshot_with_a_model_and_stores_it(trained_model_dir, d
     (store / "data" / "unfair_tos" / ("d" * 64) / "train.jsonl").write_text("{}\n")
     assert main(["teach", "--model", str(trained_model_dir), "--name", "x", "--store", str(store)]) == 2
     assert "name one with --data-hash" in capsys.readouterr().err
+
+
+def test_names_and_hashes_cannot_leave_the_store(tmp_path):
+    with pytest.raises(ValueError, match="data hash"):
+        teachers.teacher_uri(str(tmp_path), "../../../etc", "ok")
+    with pytest.raises(ValueError, match="data hash"):
+        teachers.teach(str(tmp_path), str(tmp_path), "../x", "ok")
+    with pytest.raises(ValueError, match="teacher names"):
+        TrainConfig(distill_weight=0.5, teacher="../x").validate()

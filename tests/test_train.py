@@ -85,7 +85,12 @@ def test_trained_export_loads_without_peft_and_matches_the_adapter(trained_model
     from peft import PeftModel
 
     card = json.loads((trained_model_dir / "tosguard.json").read_text())
-    assert card["thresholds"] == [0.5] * 8 and card["pooling"] == "mean"
+    from tosguard.components import calibration
+
+    # The shipped thresholds are the raw 0.5, mapped through the calibration fit on validation.
+    raw_half = calibration.apply(np.full((1, 8), 0.5), card["calibration"]["params"])[0]
+    assert card["thresholds"] == pytest.approx(raw_half.tolist()) and card["pooling"] == "mean"
+    assert card["calibration"]["fit_on"] == "validation" and len(card["profiles"]["triage"]) == 8
     assert (trained_model_dir / "model.safetensors").is_file()
     assert (trained_model_dir / "adapter" / "adapter_model.safetensors").is_file()
     merged, tokenizer, _ = load_exported(str(trained_model_dir))

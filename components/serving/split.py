@@ -18,8 +18,8 @@ are..."), so that the heading took the categories of the sentence. The rules, in
    ends in . ! ? : ; or looks like a heading (short, capitalised, no final punctuation), or
    the next line opens with a bullet or list marker; a bullet (•) ends a clause wherever
    it stands; a tab separates table cells and ends a clause, unless all before it is a
-   list marker ("(a)\tYou may..."). Other line breaks are wrapped lines. A semicolon alone does not cut (LexGLUE
-   sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
+   list marker or a bullet ("(a)\tYou may...", "•\tWe may..."). Other line breaks are
+   wrapped lines. A semicolon alone does not cut (LexGLUE sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
    a colon only before a list item ("...terminate your account: (a) if you...").
 3. Headings run into the text (HTML or PDF flattened into one line): at each clause start,
    after an optional section marker, an ALL-CAPS heading followed by a mixed-case word or
@@ -106,6 +106,7 @@ _LINE_LIST_MARKER = re.compile(rf"[-*{_BULLETS}]|(?:{_NUMBER_MARKER}[.)]|{_LETTE
 _NOT_AFTER_SECTION = {"section", "sections", "article", "articles", "clause", "clauses", "paragraph", "part", "schedule",
                       "appendix", "annex", "exhibit", "chapter", "version", "no", "item", "step", "rule", "page"}
 _WORD = re.compile(r"\S+")
+_TAB_BULLET = re.compile(rf"[-*–—{_BULLETS}]+")  # "•\tWe may..." is one list item
 _EDGE = "\"'“”‘’«»()[]{}*_"
 
 
@@ -186,9 +187,9 @@ def _raw_spans(text: str) -> list[tuple[int, int]]:
             cut = match.start()
         elif match.group("tab") is not None:
             # A tab separates table cells: each cell is read on its own, unless all before
-            # the tab is a list marker ("(a)\tYou may...").
+            # the tab is a list marker or a bullet ("(a)\tYou may...", "•\tWe may...").
             before = text[start:match.start()].strip()
-            if not before or _MARKER.fullmatch(before):
+            if not before or _MARKER.fullmatch(before) or _TAB_BULLET.fullmatch(before):
                 continue
             cut = match.start()
         else:

@@ -33,7 +33,7 @@ def checkpoint_uri(config: TrainConfig, data_fingerprint: str, folder: str | Non
     same step (after a kill or a preemption) finds it. `folder` (a path or s3:// URI, the
     store's checkpoints/ in a pipeline) or TOSGUARD_CHECKPOINT_DIR, else the tosguard home."""
     root = folder or os.environ.get("TOSGUARD_CHECKPOINT_DIR") or str(home() / "checkpoints")
-    key = hashlib.sha256((config.to_json() + data_fingerprint).encode()).hexdigest()[:16]
+    key = hashlib.sha256((config.key_json() + data_fingerprint).encode()).hexdigest()[:16]
     return storage.join(root, key, FILE_NAME)
 
 

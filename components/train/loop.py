@@ -292,6 +292,21 @@ def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
     return p.step >= s.total_steps or bool(s.config.patience and p.stale >= s.config.patience)
 
 
+def _refit_on_export(output_dir: str, val_ds, val_gold: np.ndarray, threshold: float) -> None:
+    """QLoRA trains on a 4-bit base, but the export merges the adapter into the full-precision
+    base, whose scores differ: fit the calibration and profiles again on the exported
+    model's own validation scores, so what is served is what was fit."""
+    import json
+
+    from tosguard.components.config import CARD_FILE
+    from tosguard.components.modeling import load_exported
+
+    model, tokenizer, card = load_exported(output_dir)
+    scores = score_encoded(model, val_ds["input_ids"], tokenizer.pad_token_id)
+    card.update(calibration.fit(scores, val_gold, threshold))
+    (Path(output_dir) / CARD_FILE).write_text(json.dumps(card, indent=2))
+
+
 def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None,
           teacher: np.ndarray | str | None = None) -> dict:
     """Train, pick the best validation epoch, export to output_dir. Returns a summary.
@@ -323,6 +338,10 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     rng = np.random.default_rng(config.seed)
     lengths = list(s.train_ds["length"])
     fingerprint = f"{len(s.train_ds)}:{sum(lengths)}:{s.labels.sum():.0f}:{Path(tokenized_dir).name}"
+    if s.soft is not None:  # another teacher's scores: another run
+        import hashlib
+
+        fingerprint += ":" + hashlib.sha256(s.soft.tobytes()).hexdigest()[:16]
     ckpt_uri = checkpoint.checkpoint_uri(config, fingerprint, checkpoint_dir)
     saved = checkpoint.restore(ckpt_uri, s.model, s.optimizer, s.scheduler) if config.checkpoint_every else None
     p = Progress(**saved) if saved else Progress()
@@ -362,6 +381,8 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
         s.model.cpu()
     if s.rank == 0:
         export(s.model, s.base_path, config.method, s.tokenizer, output_dir, card)
+        if config.method == "qlora":
+            _refit_on_export(output_dir, s.val_ds, val_gold, config.threshold)
         checkpoint.remove(ckpt_uri)  # finished and exported: the checkpoint has done its job
     if s.world > 1:
         import torch.distributed as dist

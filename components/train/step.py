@@ -89,7 +89,13 @@ def _train_with_trainjob(tokenized_dir: str, key: str, config: TrainConfig, uri:
     return json.loads(storage.read_text(storage.join(uri, RESULT_FILE)))
 
 
-def _teacher(config: TrainConfig, store: str, data_hash: str, tokenized_dir: str, mlflow) -> str | None:
+def teachers_sha(uri: str) -> str:
+    from tosguard.components import teachers
+
+    return teachers.record(uri)["sha256"]
+
+
+def _teacher(config: TrainConfig, store: str, data_hash: str, tokenized_dir: str) -> str | None:
     """With distillation on: the store URI of the teacher's train-split scores (teachers.py)."""
     if not config.distill_weight:
         return None
@@ -98,9 +104,7 @@ def _teacher(config: TrainConfig, store: str, data_hash: str, tokenized_dir: str
     from tosguard.components import teachers
 
     rows = len(load_from_disk(tokenized_dir)["train"])
-    uri = teachers.ensure(store, data_hash, config.teacher, rows)
-    mlflow.set_tags({"train.teacher": config.teacher, "train.teacher_uri": uri})
-    return uri
+    return teachers.ensure(store, data_hash, config.teacher, rows)
 
 
 def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_id: str, output_dir: str,
@@ -126,7 +130,10 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
     # another node; TOSGUARD_CHECKPOINT_DIR (a mounted volume, say) overrides.
     checkpoints = os.environ.get("TOSGUARD_CHECKPOINT_DIR") or (storage.join(store, "checkpoints") if store else None)
     started = time.time()
-    key = model_key(data_hash, config.to_json())
+    # The teacher's scores are part of what is trained on: their sha256 joins the key.
+    teacher = _teacher(config, store, data_hash, tokenized_dir)
+    teacher_sha = {"teacher_sha256": teachers_sha(teacher)} if teacher else None
+    key = model_key(data_hash, config.key_json(teacher_sha))
     found = newest_complete(store, key) if reuse else None
     if found:
         version = version_of(found[0])
@@ -148,7 +155,6 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
             reused = True
         else:
             losses = ()  # the per-step loss, where this process trains and sees it
-            teacher = _teacher(config, store, data_hash, tokenized_dir, mlflow)
             if trainer == "trainjob":
                 summary = _train_with_trainjob(tokenized_dir, key, config, uri, store, checkpoints, nodes, gpus,
                                                trainjob_image, namespace, output_dir, teacher)
@@ -179,6 +185,8 @@ def run_step(tokenized_dir: str, data_hash: str, train_config: str, mlflow_run_i
                          stored["bytes"] / 2**20)
             (Path(output_dir) / COMPLETE_MARK).write_text(json.dumps(summary, indent=2, default=str))
             reused = False
+        if teacher:
+            mlflow.set_tags({"train.teacher": config.teacher, "train.teacher_uri": teacher})
         mlflow.set_tags({"model_uri": uri, "model_store_version": version, "train.reused": reused,
                          "train.method_used": config.method})
         if (Path(output_dir) / ADAPTER_DIR).is_dir():  # LoRA and QLoRA; full fine-tuning has none
