@@ -237,8 +237,6 @@ def run_step(url: str, model: str, window: float, psi_threshold: float, ks_thres
              drift_metrics, report_path: str):
     """The pipeline's drift check. model: the served model's folder or store URI; empty: the
     registry's champion (the model the gate promoted and deploy serves)."""
-    from collections import namedtuple
-
     if not model:
         from tosguard.components.tracking import champion
 
@@ -255,4 +253,4 @@ def run_step(url: str, model: str, window: float, psi_threshold: float, ks_thres
         drift_metrics.log_metric(f"ks.{key}", round(row["ks"], 4))
     Path(report_path).write_text(f"# Drift check of {url}\n\n```\n{table(result)}\n```\n")
     print(table(result), flush=True)
-    return namedtuple("DriftOutputs", ["retrain", "reason"])(result["retrain"], result["reason"])
+    return bool(result["retrain"])

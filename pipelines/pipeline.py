@@ -257,7 +257,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         check.set_caching_options(False)  # the traffic changes between runs with the same inputs
         kubernetes.use_secret_as_env(check, cluster.endpoint_token_secret, {"token": "TOSGUARD_AUTH_TOKEN"},
                                      optional=True)
-        with dsl.If(check.outputs["retrain"] == True, name="drift-found"):  # noqa: E712 (a pipeline channel)
+        with dsl.If(check.outputs["Output"] == True, name="drift-found"):  # noqa: E712 (a pipeline channel)
             retrain = training(
                 run_name=run_name, source=source, train=train, store=store, gate_floor=gate_floor,
                 gate_tolerance=gate_tolerance, deploy=deploy, deploy_target=deploy_target,

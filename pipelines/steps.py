@@ -120,10 +120,10 @@ def deploy_kserve(model_uri: str, model_version: str, mlflow_run_id: str, servic
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def check_drift(url: str, model: str, window_s: float, psi_threshold: float, ks_threshold: float, min_clauses: int,
-                drift: Output[Metrics], report: Output[Markdown]) -> NamedTuple(
-        "DriftOutputs", [("retrain", bool), ("reason", str)]):
+                drift: Output[Metrics], report: Output[Markdown]) -> bool:
     """Read the endpoint's metrics, compare per-category scores with the served model's test
-    reference (PSI, KS); `retrain` is true when drift crosses the thresholds."""
+    reference (PSI, KS); returns True (retrain) when drift crosses the thresholds. One plain
+    output: kfp.local resolves a root-level condition on `Output` but not on a named output."""
     from tosguard.components.monitor import run_step
 
     return run_step(url, model, window_s, psi_threshold, ks_threshold, min_clauses, drift, report.path)

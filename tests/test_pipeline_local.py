@@ -105,6 +105,8 @@ def test_quick_run_trains_evaluates_tracks_and_serves(tmp_path, stop_server_afte
     url = capsys.readouterr().out.strip().splitlines()[-1]
     assert requests.get(f"{url}/v1/models/tosguard", timeout=5).json()["ready"] is True
 
+    _drift_watch_retrains_only_on_drift(url, model_dir, tmp_path)
+
 
 def test_predict_without_a_model_says_how_to_get_one(tosguard_home, capsys):
     assert main(["predict", "some clause"]) == 2
@@ -131,8 +133,6 @@ def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_pat
     # where the whole log is.
     assert "the failed step's last lines" in err and "train.jsonl" in err
     assert str(tmp_path / "out" / "run.log") in err
-
-    _drift_watch_retrains_only_on_drift(url, model_dir, tmp_path)
 
 
 def _drift_watch_retrains_only_on_drift(url: str, model_dir: Path, tmp_path: Path) -> None:
@@ -164,9 +164,12 @@ def _drift_watch_retrains_only_on_drift(url: str, model_dir: Path, tmp_path: Pat
                                  timeout=60)
         assert response.status_code == 200
     watch(run_name="watch-drifted", **common)
-    (retrained,) = find_runs("tags.`mlflow.runName` = 'watch-drifted'")
+    checks = [p.read_text() for p in sorted((tmp_path / "watch").glob("*/check-drift/report"),
+                                            key=lambda p: p.stat().st_mtime)]
+    assert len(checks) == 2 and "RETRAIN" not in checks[0] and "RETRAIN" in checks[1], checks
+    runs = find_runs("tags.`mlflow.runName` LIKE '%'")
+    (retrained,) = [r for r in runs if r.data.tags.get("mlflow.runName") == "watch-drifted"] or [None]
+    assert retrained is not None, [r.data.tags.get("mlflow.runName") for r in runs]
     tags = retrained.data.tags
     assert tags["train.reused"] == "True" and json.loads(tags["gate"])["passed"] is True
     assert tags.get("endpoint") and tags.get("deployed_version") == tags.get("model_version")
-    checks = sorted((tmp_path / "watch").glob("*/check-drift/report"))
-    assert len(checks) == 2 and "RETRAIN" in checks[-1].read_text() + checks[0].read_text()

@@ -148,7 +148,7 @@ def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_co
     # The check is never answered from the cache (the traffic changes, the inputs do not).
     assert root["check-drift"]["cachingOptions"].get("enableCache") is not True
     condition = next(t for name, t in root.items() if name.startswith("condition"))
-    assert "check-drift" in condition["triggerPolicy"]["condition"] and "retrain" in condition["triggerPolicy"]["condition"]
+    assert "check-drift-Output" in condition["triggerPolicy"]["condition"]
     # Inside the condition: the whole training pipeline, as a sub-DAG.
     branch = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     (inner,) = branch.values()
