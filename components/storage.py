@@ -367,8 +367,8 @@ def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:
     """Make the folder at `uri` available locally and return its path.
 
     Local folders are used in place; `s3://bucket/prefix/` is downloaded once into a cache
-    keyed by the endpoint and URI, every object verified, and reused while its `.complete`
-    mark stands and the remote folder lists the same files and sizes.
+    keyed by the URI, every object verified, and reused while its `.complete` mark stands
+    and the remote folder lists the same files and sizes.
     """
     if not is_s3(uri):
         path = local_path(uri)
@@ -378,9 +378,9 @@ def fetch_folder(uri: str, cache_root: Path | None = None) -> Path:
     from tosguard.components.config import cache_dir
 
     cache_root = cache_root or cache_dir()
-    # Keyed by endpoint and URI: the same bucket path on another S3 server is another folder.
-    endpoint = s3_client().meta.endpoint_url
-    target = cache_root / "s3" / hashlib.sha256(f"{endpoint}|{uri.rstrip('/')}".encode()).hexdigest()[:16]
+    # Keyed by the URI (every step of a run, whatever its S3 endpoint or proxy, finds the
+    # same copy); the listing check below notices when the folder behind it changed.
+    target = cache_root / "s3" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     if (target / ".complete").is_file():
         # Reused while the remote folder still lists the same files with the same sizes (a
         # changed size means a changed file; a same-size rewrite is not seen: store

@@ -133,7 +133,7 @@ def test_mlflow_outage_fails_train_clearly_with_the_model_safe_and_the_rerun_reu
     store = f"s3://{BUCKET}/outage"
     data_hash = json.loads((raw_dir / "manifest.json").read_text())["data_hash"]
     config = TrainConfig(method="lora", epochs=1, max_steps=6, batch_size=16, checkpoint_every=0).to_json()
-    key = model_key(data_hash, config)
+    key = model_key(data_hash, TrainConfig.from_json(config).key_json())  # as the train step keys it
 
     # MLflow goes away after the run was opened: nothing listens on its port any more.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -193,7 +193,8 @@ def test_versions_are_immutable_and_concurrent_trainings_never_mix(cluster_like,
         assert proc.returncode == 0, err[-2000:]
         results.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
     uris = [r["uri"] for r in results]
-    assert uris[0] != uris[1] and all(u.startswith(model_uri(store, model_key(data_hash, config))) for u in uris)
+    assert uris[0] != uris[1] and all(
+        u.startswith(model_uri(store, model_key(data_hash, TrainConfig.from_json(config).key_json()))) for u in uris)
     for i, result in enumerate(results):
         stored = storage.list_files(result["uri"])
         local = {p.relative_to(tmp_path / f"out{i}").as_posix(): p for p in (tmp_path / f"out{i}").rglob("*")
@@ -210,7 +211,7 @@ def test_versions_are_immutable_and_concurrent_trainings_never_mix(cluster_like,
         key = result["uri"][len(f"s3://{BUCKET}/"):] + "/model.safetensors"
         assert moto_client.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == digest
     # The newest complete version is what a re-run reuses.
-    assert newest_complete(store, model_key(data_hash, config))[0] == max(uris)
+    assert newest_complete(store, model_key(data_hash, TrainConfig.from_json(config).key_json()))[0] == max(uris)
 
     # A complete version is never overwritten.
     with pytest.raises(VersionExists):
