@@ -62,6 +62,65 @@ def test_sentences_that_only_look_like_headings_stay_whole(text, expected):
     assert parts(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # a title block flattened into one line: title, two dated stamps, then the notice
+    ("Terms of service Effective October 7, 2020 Last Amended October 7, 2020 IMPORTANT NOTICE: "
+     "DISPUTES MUST BE RESOLVED BY ARBITRATION.",
+     ["Terms of service", "Effective October 7, 2020", "Last Amended October 7, 2020",
+      "IMPORTANT NOTICE: DISPUTES MUST BE RESOLVED BY ARBITRATION."]),
+    # a stamp with a colon stays whole (no heading cut after "Effective:")
+    ("Posted: April 17, 2018 Effective: May 25, 2018 You can see our previous terms here.",
+     ["Posted: April 17, 2018", "Effective: May 25, 2018", "You can see our previous terms here."]),
+    ("Last updated 5 May 2021. Welcome!", ["Last updated 5 May 2021.", "Welcome!"]),
+    # dates inside a sentence are not stamps
+    ("These Terms are effective October 7, 2020 and replace the old ones.",
+     ["These Terms are effective October 7, 2020 and replace the old ones."]),
+    ("This version is Effective October 7, 2020 for all users.",
+     ["This version is Effective October 7, 2020 for all users."]),
+])
+def test_date_stamps_stand_alone(text, expected):
+    assert parts(text) == expected
+
+
+ROVIO = ("Rovio may change the Services. You can write to Rovio. Players who buy from Rovio get receipts. "
+         "Rovio will tell you first. Rovio reserves the right to stop. ")
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the document's own subject after a heading
+    (ROVIO + "Availability of the Services Rovio may limit the Services.",
+     ["Availability of the Services", "Rovio may limit the Services."]),
+    (ROVIO + "Modifications Rovio may change these Terms.", ["Modifications", "Rovio may change these Terms."]),
+    # not after a determiner or a quantifier, and not as the start of a name
+    (ROVIO + "The Rovio account is yours.", ["The Rovio account is yours."]),
+    (ROVIO + "All Rovio games are free.", ["All Rovio games are free."]),
+])
+def test_a_heading_before_the_documents_own_name_is_cut(text, expected):
+    assert parts(text)[5:] == expected
+
+
+def test_a_common_word_is_not_taken_for_the_documents_name():
+    """"Service" is written in lower case too, and "the Service may" has a determiner: not a
+    name, so "Terms of Service Service may..." is left to the other rules."""
+    text = ("The Service may change. Our service is free. Users of the Service agree. The Service is new. "
+            "Privacy Service Service may log your visits.")
+    assert parts(text)[-1] == "Privacy Service Service may log your visits."
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a Title-Case heading that opens with a pronoun, before a sentence opening with "By"
+    ("You and Acme Both Agree to Arbitrate By accepting these Terms, you agree to arbitrate.",
+     ["You and Acme Both Agree to Arbitrate", "By accepting these Terms, you agree to arbitrate."]),
+    ("We Price Match Introduction TCs These terms apply to all our services.",
+     ["We Price Match Introduction TCs", "These terms apply to all our services."]),
+    # a lettered appendix heading
+    ("Appendix A: Acme Shopping By shopping with us, you agree to these terms.",
+     ["Appendix A:", "Acme Shopping", "By shopping with us, you agree to these terms."]),
+])
+def test_more_headings(text, expected):
+    assert parts(text) == expected
+
+
 def test_numbered_and_lettered_lists():
     text = ("We may end your account: (a) if you breach these Terms; (b) if the law requires it. "
             "1. You agree to pay. 2. You agree to arbitration. It covers: a. claims; and b. disputes. "
@@ -176,6 +235,9 @@ N = 1_000_000
     ("table cells", "a\t" * (N // 2)),
     ("markers before tabs", "(a)\t" * (N // 4)),
     ("the served pathological document", "No. " * 41_000 + "Hi! " * 80_000),
+    ("date stamps", "Updated 5 May 2020 X " * (N // 21)),
+    ("stamp words before spaces", "Effective" + " " * N),
+    ("names before verbs", "Acme may. Title Acme may go. " * (N // 29)),
 ])
 def test_a_megabyte_of_hostile_text_splits_in_bounded_time(name, text):
     """Each decision looks at a bounded window, and no pattern backtracks over a run: a

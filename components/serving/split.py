@@ -26,6 +26,11 @@ are..."), so that the heading took the categories of the sentence. The rules, in
    a section number, a Title-Case heading followed by a word that opens sentences ("We",
    "If", "These", "You", ...), by an ALL-CAPS sentence or by a section number, is cut off;
    after a section marker also a sentence-case heading ("7. User content Our products...").
+   A heading is also cut before the document's own name when a verb follows it
+   ("Modifications TripAdvisor may change..."): the names are the capitalised words the
+   document itself uses as a subject and never writes in lower case (_subject_names).
+4. Date stamps ("Effective October 7, 2020", "Last updated: 5 May 2021") are clauses of their
+   own, so a flattened title block does not take the categories of the notice after it.
 
 Linear in the text's length: every decision looks at a bounded window around one candidate
 (LOOK_BACK / LOOK_AHEAD / HEADING_WINDOW characters), and no pattern backtracks over more
@@ -94,6 +99,20 @@ _SENTENCE_VERBS = _AUXILIARIES | {"not", "agree", "agrees", "acknowledge", "unde
 _DETERMINERS = {"any", "all", "each", "every", "the", "this", "these", "that", "those", "such", "some", "no", "certain",
                 "other", "a", "an"}
 _PRONOUNS = {"you", "we", "i", "they", "us"}
+# Verbs after which a capitalised word at a sentence start is the document's own subject
+# ("TripAdvisor may...", "Skyscanner reserves...", "WhatsApp is...").
+_NAME_VERBS = _AUXILIARIES | {"might", "cannot", "reserves", "agrees", "uses", "provides", "offers", "owns", "grants",
+                              "makes", "allows", "collects", "processes", "respects", "wants", "works", "retains"}
+_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,30}[a-z][A-Za-z0-9]{0,30}!?")
+# A date stamp: "Effective October 7, 2020", "Last updated: 5 May 2021", "Last Revised 2021-05-05".
+_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?"
+          r"|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
+_GAP = r"[^\S\n]{1,3}"  # a few spaces or tabs, no line break (bounded: no backtracking over long runs)
+_DATE = (rf"(?:{_MONTH}{_GAP}\d{{1,2}}(?:st|nd|rd|th)?,?{_GAP}\d{{4}}|\d{{1,2}}(?:st|nd|rd|th)?{_GAP}{_MONTH},?{_GAP}\d{{4}}"
+         r"|\d{4}-\d{2}-\d{2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})")
+_STAMP = re.compile(
+    r"(?<![\w,])(?:Effective(?:[^\S\n]{1,3}(?:[Dd]ate|as[^\S\n]{1,3}of|from|on))?|Last[^\S\n]{1,3}(?:[Uu]pdated|[Aa]mended|[Mm]odified|[Rr]evised|[Cc]hanged)"
+    rf"(?:{_GAP}on)?|Updated|Revised|Posted|Published|Version{_GAP}[Dd]ate)[^\S\n]{{0,3}}:?[^\S\n]{{0,3}}{_DATE}(?![\w/.-]\w)")
 
 _NUMBER_MARKER = r"\(?\d{1,3}(?:\.\d{1,3}){0,3}"
 _LETTER_MARKER = r"\(?(?:[a-zA-Z]|[ivxlcIVXLC]{1,6})[.)]"
@@ -174,9 +193,61 @@ def _looks_like_heading(line: str) -> bool:
     return all(w[0].isupper() or w[0].isdigit() or w.lower() in _FUNCTION for w in words)
 
 
+def _stamp_cuts(text: str) -> list[int]:
+    """Cuts around date stamps run into the text ("Terms of service Effective October 7, 2020
+    Last Amended October 7, 2020 IMPORTANT NOTICE: ..."): before the stamp unless a sentence
+    goes on into it ("...is effective"; the word before is a small word), and after its date
+    when a capitalised word follows."""
+    cuts = []
+    for m in _STAMP.finditer(text):
+        before = text[max(0, m.start() - LOOK_BACK):m.start()].split()
+        if not before or before[-1].lower().strip(",") not in _FUNCTION | _AUXILIARIES:
+            cuts.append(m.start())
+        rest = text[m.end():m.end() + 3]
+        if rest[:1].isspace() and rest.strip()[:1].isupper():
+            cuts.append(m.end())
+    return cuts
+
+
+def _subject_names(text: str) -> frozenset[str]:
+    """The names the document uses as the subject of its own sentences: capitalised words
+    that stand after a lower-case word at least twice (so not just capitalised at a sentence
+    start), come before a verb such as "may", "is" or "reserves" at least twice with no
+    determiner or other capitalised word before them, and are
+    (almost) never written in lower case ("Service" and "Content" are defined terms whose
+    words also appear as "service" and "content"): "Skyscanner", "TripAdvisor", "YouTube"."""
+    seen: dict[str, list[int]] = {}  # word -> [uses, after a lower-case word, before a verb]
+    lower: dict[str, int] = {}
+    words = text.split()
+    for i, raw in enumerate(words):
+        word = raw.strip(_EDGE).rstrip(".,;:!?")
+        if word.islower():
+            lower[word] = lower.get(word, 0) + 1
+            continue
+        if not _NAME.fullmatch(word) or word.lower() in _OPENERS or word.lower() in _FUNCTION:
+            continue
+        counts = seen.setdefault(word, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += i > 0 and words[i - 1].isalpha() and words[i - 1].islower()
+        # a subject on its own: "Skyscanner may", ". Rovio may", not "the Service may",
+        # "Some Services may" or "Skype WiFi is"
+        before = words[i - 1] if i else "."
+        alone = before[-1] in ".!?:" or (before.islower() and before.strip(_EDGE) not in _DETERMINERS)
+        counts[2] += alone and raw == word and i + 1 < len(words) and words[i + 1] in _NAME_VERBS
+    return frozenset(w for w, (uses, mid, verb) in seen.items()
+                     if mid >= 2 and verb >= 2 and lower.get(w.lower(), 0) * 10 <= uses)
+
+
 def _raw_spans(text: str) -> list[tuple[int, int]]:
     spans, start = [], 0
+    stamps, next_stamp = _stamp_cuts(text), 0
     for match in _CANDIDATE.finditer(text):
+        while next_stamp < len(stamps) and stamps[next_stamp] < match.start():
+            cut = stamps[next_stamp]
+            next_stamp += 1
+            if cut > start:
+                spans.append((start, cut))
+                start = cut
         if match.group("nl") is not None:
             at = match.start("nl")
             blank = text.count("\n", at + 1, match.end()) > 0
@@ -199,6 +270,10 @@ def _raw_spans(text: str) -> list[tuple[int, int]]:
         if cut > start:
             spans.append((start, cut))
         start = match.end()
+    for cut in stamps[next_stamp:]:
+        if cut > start:
+            spans.append((start, cut))
+            start = cut
     spans.append((start, len(text)))
     return spans
 
@@ -214,7 +289,8 @@ def _lower(word: str) -> str:
     return _bare(word).rstrip(":").lower()
 
 
-def _heading_cut(text: str, start: int, end: int, after_marker: bool = False) -> int | None:
+def _heading_cut(text: str, start: int, end: int, after_marker: bool = False,
+                 names: frozenset[str] = frozenset()) -> int | None:
     """Where a heading at the start of the clause [start, end) ends and the clause proper
     begins, or None. Looks at HEADING_WINDOW characters only."""
     window_end = min(end, start + HEADING_WINDOW)
@@ -229,7 +305,7 @@ def _heading_cut(text: str, start: int, end: int, after_marker: bool = False) ->
         return None
     if _is_caps(words[0][1]):
         return _caps_heading_cut(words)
-    return _title_heading_cut(words, marked)
+    return _title_heading_cut(words, marked, names)
 
 
 def _caps_heading_cut(words: list[tuple[int, str]]) -> int | None:
@@ -252,12 +328,12 @@ def _caps_heading_cut(words: list[tuple[int, str]]) -> int | None:
     return None
 
 
-def _title_heading_cut(words: list[tuple[int, str]], marked: bool) -> int | None:
+def _title_heading_cut(words: list[tuple[int, str]], marked: bool, names: frozenset[str] = frozenset()) -> int | None:
     """A Title-Case heading (or a short sentence-case one): cut before an ALL-CAPS sentence or
     a section number that follows it, or before the word of the run that opens the sentence
     ("Governing Law If you...", "Controlling Law These Terms will...")."""
     title = _heading_run(words, lowercase=False)
-    cut = _cut_after_run(words, title) if title else None
+    cut = _cut_after_run(words, title, names=names) if title else None
     if cut is not None or not marked:
         return cut
     # After a section marker, sentence case too ("7. User content Our products may..."):
@@ -294,8 +370,13 @@ def _heading_run(words: list[tuple[int, str]], lowercase: bool) -> int:
 def _heading_ok(words: list[tuple[int, str]], i: int) -> bool:
     """Whether words[:i] can be a heading, with the sentence starting at words[i]."""
     head = [_lower(w) for _, w in words[:i]]
-    if not head[-1] or head[-1] in _FUNCTION or head[-1][-1] in ",;" or head[0] in _SENTENCE_ONLY:
+    lettered = re.fullmatch(r"[A-Z0-9]{1,3}:", _bare(words[i - 1][1])) is not None  # "Appendix A:"
+    if not head[-1] or (head[-1] in _FUNCTION and not lettered) or head[-1][-1] in ",;":
         return False
+    if head[0] in _SENTENCE_ONLY and not (
+            head[0] in ("you", "we") and i >= 3
+            and all(_bare(w)[:1].isupper() or _lower(w) in _FUNCTION for _, w in words[:i])):
+        return False  # "By using the Services You...", but "You and Zynga Both Agree to Arbitrate By..."
     if any(w.rstrip(",;") in _AUXILIARIES for w in head):
         return False  # "Will These Terms Ever Change?" is a question, not a heading
     lowercase = [h for h, (_, w) in zip(head, words) if _bare(w).islower() and h not in _FUNCTION]
@@ -305,7 +386,8 @@ def _heading_ok(words: list[tuple[int, str]], i: int) -> bool:
     return not (opener in _PRONOUNS and head[0] in _DETERMINERS)  # "Any Content You submit..."
 
 
-def _cut_after_run(words: list[tuple[int, str]], run: int, openers: bool = True) -> int | None:
+def _cut_after_run(words: list[tuple[int, str]], run: int, openers: bool = True,
+                   names: frozenset[str] = frozenset()) -> int | None:
     """Where the clause proper begins after words[:run], a possible heading: at an ALL-CAPS
     sentence or a section number right after it (or after a colon), or (openers) at the run's
     last sentence opener, when lower-case words go on after the run."""
@@ -321,6 +403,10 @@ def _cut_after_run(words: list[tuple[int, str]], run: int, openers: bool = True)
         return None  # "Keeping Your Account Secure." is all heading: no sentence goes on after it
     # Title Case stops within a few words of the sentence: its last opener
     openers = [i for i in range(max(1, run - 4), run) if _opens_sentence(_bare(words[i][1]))]
+    # the document's own subject ("Modifications TripAdvisor may change...")
+    if (run >= 2 and _bare(words[run - 1][1]) in names and _lower(words[run][1]) in _NAME_VERBS
+            and _lower(words[0][1]) not in _DETERMINERS and _lower(words[run - 2][1]) not in _OPENERS):
+        openers.append(run - 1)
     return words[openers[-1]][0] if openers and _heading_ok(words, openers[-1]) else None
 
 
@@ -353,6 +439,7 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans (start, end) of the sentences (clauses) of a document, whitespace trimmed."""
     out = []
+    names = _subject_names(text)
     for s, e in _raw_spans(text):
         span = _trim(text, s, e)
         if span is None:
@@ -361,8 +448,9 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         pieces = []
         # a heading after a lone "12." is a numbered one, as in "12. LIABILITY"
         after_marker = bool(out and out[-1][1] - out[-1][0] <= 12 and _LONE_MARKER.fullmatch(text[out[-1][0]:out[-1][1]]))
-        for _ in range(HEADING_PEELS):
-            cut = _heading_cut(text, s, e, after_marker and not pieces)
+        stamp = _STAMP.match(text, s)
+        for _ in range(HEADING_PEELS if stamp is None or stamp.end() < e else 0):  # "Effective: May 25, 2018"
+            cut = _heading_cut(text, s, e, after_marker and not pieces, names)
             if cut is None or cut <= s or cut >= e:
                 break
             pieces.append((s, cut))
