@@ -370,6 +370,7 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
             "code_version": trained.get("code_version", code_version()), "mlflow_run_id": mlflow_run_id,
             "best_epoch": card.get("best_epoch"), "best_val_macro_f1": card.get("val_macro_f1", float("nan")),
             "thresholds": dict(zip(card["categories"], card["thresholds"])), "scores": scores,
+            "calibrated": bool(card.get("calibration")),
         }
         # A stored version is never changed: each evaluation writes its own folder, and the
         # card is written by the first evaluation of the version only.

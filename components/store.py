@@ -8,7 +8,8 @@ or ``s3://bucket/prefix``. Layout:
         adapter/                                the LoRA adapter alone (peft)
         tokenizer.json, tokenizer_config.json   tokenizer
         classifier.safetensors, tosguard.json   head, label names, thresholds, pooling
-        labels.json, thresholds.json            label names and decision thresholds
+        labels.json, thresholds.json            label names and decision thresholds (on the served,
+                                                calibrated scores when the card has a calibration)
         training_curves.png                     loss and validation F1 per epoch, best epoch marked
         train_summary.json                      written last: the model is complete
         MODEL_CARD.md                           added by the first evaluation
@@ -158,7 +159,7 @@ def model_card(info: dict) -> str:
         f"| MLflow run | {info.get('mlflow_run_id', '?')} |",
         f"| best epoch (validation macro-F1) | {info.get('best_epoch', '?')} ({info.get('best_val_macro_f1', float('nan')):.1f}) |",
         f"| test micro-F1 / macro-F1 | {scores['micro_f1']:.1f} / {scores['macro_f1']:.1f} |",
-        f"| decision thresholds | {info.get('thresholds', '?')} |",
+        f"| decision thresholds{' (on the calibrated scores: a raw 0.5 mapped through each category' + chr(39) + 's calibration)' if info.get('calibrated') else ''} | {info.get('thresholds', '?')} |",
         "",
         "## Per-category test F1",
         "",

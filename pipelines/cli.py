@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tosguard.components.config import GATE_TOLERANCE, METHODS, NAME, PRESET_GATE_FLOORS, PRESETS, TrainConfig
+from tosguard.components import monitor
 from tosguard.components.labels import CATEGORIES
 
 CATEGORIES_INDEX = {name: i for i, name in enumerate(CATEGORIES)}
@@ -250,7 +251,6 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_monitor(args) -> int:
     """Drift: the endpoint's score distributions against the served model's test reference."""
-    from tosguard.components import monitor
 
     model = args.model
     if not model:
@@ -478,9 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
                      help="judge only what is scored during this many seconds (default: everything since the "
                           "server started)")
-    mon.add_argument("--psi", type=float, default=0.25, help="PSI at which a category has drifted (default 0.25)")
-    mon.add_argument("--ks", type=float, default=0.2, help="KS at which a category has drifted (default 0.2)")
-    mon.add_argument("--min-clauses", type=int, default=500, help="clauses needed before judging (default 500)")
+    mon.add_argument("--psi", type=float, default=monitor.PSI_THRESHOLD,
+                     help=f"PSI at which a category has drifted (default {monitor.PSI_THRESHOLD})")
+    mon.add_argument("--ks", type=float, default=monitor.KS_THRESHOLD,
+                     help=f"KS at which a category has drifted (default {monitor.KS_THRESHOLD})")
+    mon.add_argument("--min-clauses", type=int, default=monitor.MIN_CLAUSES,
+                     help=f"clauses needed before judging (default {monitor.MIN_CLAUSES})")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
     mon.set_defaults(func=_cmd_monitor)
 

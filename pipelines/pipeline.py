@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
+from tosguard.components import monitor
 from tosguard.components.config import GATE_FLOOR, GATE_TOLERANCE, NAME, PRESETS, TrainConfig
 from tosguard.pipelines import steps
 from tosguard.pipelines.images import SERVING_IMAGE, TRAINER_IMAGE
@@ -224,9 +225,9 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         url: str = f"http://{NAME}-predictor.{NAME}.svc.cluster.local",
         model: str = "",  # the served model's store URI; empty: the registry's champion
         window_s: float = 0.0,  # 0: everything the server scored since it started
-        psi_threshold: float = 0.25,
-        ks_threshold: float = 0.2,
-        min_clauses: int = 500,
+        psi_threshold: float = monitor.PSI_THRESHOLD,
+        ks_threshold: float = monitor.KS_THRESHOLD,
+        min_clauses: int = monitor.MIN_CLAUSES,
         run_name: str = f"{NAME}-drift-retrain",
         source: str = "bundled",
         train: dict = train_defaults.to_dict(),

@@ -121,6 +121,22 @@ def test_more_headings(text, expected):
     assert parts(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # a list whose line breaks were lost: each item opens with a capitalised sentence opener
+    ("The parties will go to court to resolve disputes Relating to your intellectual property; or "
+     "Within the limits of small claims courts.",
+     ["The parties will go to court to resolve disputes", "Relating to your intellectual property; or",
+      "Within the limits of small claims courts."]),
+    # not after a capitalised word (a title), and not before a name
+    ("You may read the section on Disputes Not Subject to Arbitration below.",
+     ["You may read the section on Disputes Not Subject to Arbitration below."]),
+    ("Some Rights Relating to the Service are ours.", ["Some Rights Relating to the Service are ours."]),
+    ("You agree to the terms of Within Ltd.", ["You agree to the terms of Within Ltd."]),
+])
+def test_line_breaks_lost_in_flattening(text, expected):
+    assert parts(text) == expected
+
+
 def test_numbered_and_lettered_lists():
     text = ("We may end your account: (a) if you breach these Terms; (b) if the law requires it. "
             "1. You agree to pay. 2. You agree to arbitration. It covers: a. claims; and b. disputes. "
@@ -238,6 +254,7 @@ N = 1_000_000
     ("date stamps", "Updated 5 May 2020 X " * (N // 21)),
     ("stamp words before spaces", "Effective" + " " * N),
     ("names before verbs", "Acme may. Title Acme may go. " * (N // 29)),
+    ("lost line breaks", "disputes Relating to " * (N // 21)),
 ])
 def test_a_megabyte_of_hostile_text_splits_in_bounded_time(name, text):
     """Each decision looks at a bounded window, and no pattern backtracks over a run: a

@@ -83,7 +83,8 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
             "train_summary.json", f"evaluations/{run_id}/report.md", f"evaluations/{run_id}/scores.json",
             "MODEL_CARD.md", "training_curves.png", f"evaluations/{run_id}/report.html"} <= stored
     card = storage.read_text(f"{model_uri}/MODEL_CARD.md")
-    for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}"):
+    for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}",
+                 "thresholds (on the calibrated scores"):
         assert fact in card, fact
     # MLflow's artifacts went through the tracking server into the same S3, the figures too.
     assert {"evaluation/report", "evaluation/report.html", "evaluation/category_confusions.png",

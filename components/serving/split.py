@@ -19,7 +19,9 @@ are..."), so that the heading took the categories of the sentence. The rules, in
    the next line opens with a bullet or list marker; a bullet (•) ends a clause wherever
    it stands; a tab separates table cells and ends a clause, unless all before it is a
    list marker or a bullet ("(a)\tYou may...", "•\tWe may..."). Other line breaks are
-   wrapped lines. A semicolon alone does not cut (LexGLUE sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
+   wrapped lines. Where a flattened page lost its line breaks, a word that opens sentences
+   and never continues one ("If", "Where", "Relating", "Within", ...) capitalised right after
+   a lower-case word starts a clause ("...resolve disputes Relating to your..."). A semicolon alone does not cut (LexGLUE sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
    a colon only before a list item ("...terminate your account: (a) if you...").
 3. Headings run into the text (HTML or PDF flattened into one line): at each clause start,
    after an optional section marker, an ALL-CAPS heading followed by a mixed-case word or
@@ -60,6 +62,8 @@ _CANDIDATE = re.compile(
     r"|(?P<nl>\n)\s*"
     r"|(?P<tab>\t)[^\S\n]*"
     rf"|(?P<bullet>)(?=[{_BULLETS}])"
+    r"|(?<=[a-z])(?P<lost>[^\S\n]+)(?=(?:If|When|Where|Unless|Except|Relating|Within|Without|Notwithstanding|Subject"
+    r"|Upon|Although|While|Because|Whether|Once|Please)[^\S\n]+[a-z])"
 )
 
 # Abbreviations (lower case, without the final full stop): never a sentence end...
@@ -255,6 +259,14 @@ def _raw_spans(text: str) -> list[tuple[int, int]]:
                 continue
             cut = at
         elif match.group("bullet") is not None:
+            cut = match.start()
+        elif match.group("lost") is not None:
+            # A line break lost when the page was flattened: a word that opens sentences, capitalised
+            # after a lower-case word ("...go to court to resolve disputes Relating to your..."),
+            # not in a title ("...Disputes Not Subject to Arbitration").
+            before = text[max(start, match.start() - LOOK_BACK):match.start()].split()
+            if not before or not before[-1].islower():
+                continue
             cut = match.start()
         elif match.group("tab") is not None:
             # A tab separates table cells: each cell is read on its own, unless all before
