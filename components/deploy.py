@@ -230,6 +230,7 @@ def build_inference_service(
     max_replicas: int = 3,
     concurrency_target: int = 4,
     expose: bool = False,
+    profile: str = "default",
 ) -> dict:
     """The InferenceService, built with the kserve SDK models, as a JSON-ready dict.
 
@@ -237,8 +238,12 @@ def build_inference_service(
     account's secret) into /mnt/models, where the runtime's predictor loads it. Knative
     scales the predictor between min and max replicas on in-flight requests (target
     `concurrency_target` per replica; a replica takes at most twice that at once, the rest
-    queue in Knative's activator). Cluster-local unless `expose`.
+    queue in Knative's activator). Cluster-local unless `expose`. `profile` picks the
+    decision thresholds the predictor serves (default, or triage for high recall), as
+    TOSGUARD_PROFILE in the model's env, which KServe merges into the runtime's container.
     """
+    from tosguard.components.calibration import PROFILES
+
     from kubernetes import client as k8s
     from kserve import (
         V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat, V1beta1ModelSpec,
@@ -248,11 +253,14 @@ def build_inference_service(
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1 or concurrency_target < 1:
         raise ValueError(f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1 and concurrency_target >= 1 "
                          f"(got {min_replicas}, {max_replicas}, {concurrency_target})")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
     model = V1beta1ModelSpec(
         name="kserve-container",
         model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version="1"),
         runtime=runtime,
         storage_uri=storage_uri,
+        env=[k8s.V1EnvVar(name="TOSGUARD_PROFILE", value=profile)],
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu_limit, "memory": memory_limit}
         ),
@@ -380,15 +388,15 @@ def deploy_inference_service(
 # -- the step ----------------------------------------------------------------------------------
 
 
-def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str) -> str:
+def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str, profile: str = "default") -> str:
     """Embedded deploy: (re)start the local server over the model in the store; returns its URL."""
     from tosguard.components.tracking import pipeline_run
 
     started = time.time()
-    state = start_local_server(model_uri)
+    state = start_local_server(model_uri, profile=profile)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"],
-                         "deployed_version": model_version})
+                         "deployed_version": model_version, "serving_profile": profile})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return state["url"]
 
@@ -425,7 +433,7 @@ def check_allowlist(namespace: str, names: list[str], serving_image: str, servic
 def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
                     serving_image: str, service_account: str, ready_timeout_s: int, min_replicas: int = 1,
                     max_replicas: int = 3, concurrency_target: int = 4, expose: bool = False,
-                    auth_secret: str = "") -> str:
+                    auth_secret: str = "", profile: str = "default") -> str:
     """Cluster deploy: create or patch the InferenceService over the model store URI; returns its URL."""
     from tosguard.components.tracking import pipeline_run
 
@@ -439,10 +447,10 @@ def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, serv
     runtime = build_serving_runtime(f"{service_name}-runtime", namespace, serving_image, auth_secret)
     isvc = build_inference_service(service_name, namespace, model_uri, f"{service_name}-runtime", service_account,
                                    min_replicas=min_replicas, max_replicas=max_replicas,
-                                   concurrency_target=concurrency_target, expose=expose)
+                                   concurrency_target=concurrency_target, expose=expose, profile=profile)
     result = deploy_inference_service(isvc, runtime, api_client=api_client, timeout=ready_timeout_s)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}",
-                         "deployed_version": model_version})
+                         "deployed_version": model_version, "serving_profile": profile})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return result["url"]

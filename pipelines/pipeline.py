@@ -109,6 +109,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         concurrency_target: int = 4,
         expose: bool = False,
         auth_secret: str = "",
+        serve_profile: str = "default",  # the decision thresholds served: default, or triage (high recall)
     ):
         run = steps.open_run(run_name=run_name, source=source, train=train, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                              kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
@@ -188,13 +189,14 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
                         service_name=service_name, namespace=namespace, serving_image=serving_image,
                         service_account=service_account, ready_timeout_s=ready_timeout_s,
                         min_replicas=min_replicas, max_replicas=max_replicas, concurrency_target=concurrency_target,
-                        expose=expose, auth_secret=auth_secret,
+                        expose=expose, auth_secret=auth_secret, serve_profile=serve_profile,
                     ).set_display_name("Deploy InferenceService (KServe)")
                     _on_cluster(deploy_isvc, cluster, "500m", "1Gi", network_retries=3)
                     deploy_isvc.set_caching_options(False)
                 with dsl.Else():
                     deploy_here = steps.deploy_local(
                         model_uri=model_uri, model_version=model_version, mlflow_run_id=run_id,
+                        serve_profile=serve_profile,
                     ).set_display_name("Deploy (local KServe ModelServer)")
                     deploy_here.set_caching_options(False)
                     _restricted(deploy_here)
@@ -250,6 +252,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         concurrency_target: int = 4,
         expose: bool = False,
         auth_secret: str = "",
+        serve_profile: str = "default",
     ):
         check = steps.check_drift(url=url, model=model, window_s=window_s, psi_threshold=psi_threshold,
                                   ks_threshold=ks_threshold, min_clauses=min_clauses)
@@ -266,6 +269,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
                 reuse_stored_model=reuse_stored_model, serving_image=serving_image, service_account=service_account,
                 ready_timeout_s=ready_timeout_s, min_replicas=min_replicas, max_replicas=max_replicas,
                 concurrency_target=concurrency_target, expose=expose, auth_secret=auth_secret,
+                serve_profile=serve_profile,
             )
             retrain.set_display_name("Retrain (tosguard pipeline)")
 

@@ -99,23 +99,24 @@ def evaluate_model(
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def deploy_local(model_uri: str, model_version: str, mlflow_run_id: str) -> str:
+def deploy_local(model_uri: str, model_version: str, mlflow_run_id: str, serve_profile: str) -> str:
     """Embedded deploy: (re)start the local KServe ModelServer on 127.0.0.1; returns its URL."""
     from tosguard.components.deploy import run_local_step
 
-    return run_local_step(model_uri, model_version, mlflow_run_id)
+    return run_local_step(model_uri, model_version, mlflow_run_id, serve_profile)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def deploy_kserve(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
                   serving_image: str, service_account: str, ready_timeout_s: int, min_replicas: int,
-                  max_replicas: int, concurrency_target: int, expose: bool, auth_secret: str) -> str:
+                  max_replicas: int, concurrency_target: int, expose: bool, auth_secret: str,
+                  serve_profile: str) -> str:
     """Cluster deploy: create or patch the InferenceService over the model store URI; returns its URL."""
     from tosguard.components.deploy import run_kserve_step
 
     return run_kserve_step(model_uri, model_version, mlflow_run_id, service_name, namespace, serving_image,
                            service_account, ready_timeout_s, min_replicas, max_replicas, concurrency_target,
-                           expose, auth_secret)
+                           expose, auth_secret, serve_profile)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

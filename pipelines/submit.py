@@ -21,6 +21,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
     a bad value fails before anything is submitted. drift_watch: check against the drift
     watch's parameters instead of the training pipeline's.
     """
+    from tosguard.components.calibration import PROFILES
     from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
     inputs = (drift_watch_pipeline if drift_watch else tosguard_pipeline).component_spec.inputs or {}
@@ -54,6 +55,8 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
                 params[key] = _CASTS.get(kind, str)(value)
         except ValueError:
             raise ValueError(f"--param {key}={value}: expected a {kind}") from None
+        if key == "serve_profile" and value not in PROFILES:
+            raise ValueError(f"--param serve_profile={value}: expected one of {', '.join(PROFILES)}")
     if train or preset:
         preset = train.pop("preset", preset) or "default"
         params["train"] = TrainConfig.from_dict({"preset": preset, **train}).to_dict()

@@ -154,6 +154,11 @@ def test_the_predictor_runs_restricted_cluster_local_autoscaled_and_probed():
     predictor = local["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"],
             predictor["containerConcurrency"]) == (2, 6, "concurrency", 3, 6)
+    assert predictor["model"]["env"] == [{"name": "TOSGUARD_PROFILE", "value": "default"}]
+    triage = build_inference_service("s", "ns", "s3://b/m", "r", profile="triage")["spec"]["predictor"]["model"]
+    assert triage["env"] == [{"name": "TOSGUARD_PROFILE", "value": "triage"}]
+    with pytest.raises(ValueError, match="profile must be one of default, triage"):
+        build_inference_service("s", "ns", "s3://b/m", "r", profile="recall")
     exposed = build_inference_service("s", "ns", "s3://b/m", "r", expose=True)
     assert "networking.kserve.io/visibility" not in exposed["metadata"]["labels"]
     with pytest.raises(ValueError, match="min_replicas <= max_replicas"):

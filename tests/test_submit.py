@@ -77,7 +77,8 @@ def kfp_api():
 def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsys):
     code = main(["submit", "--host", kfp_api.url, "--namespace", "team-a", "--experiment", "unfair-tos",
                  "--run-name", "nightly", "--param", "epochs=2", "--param", "learning_rate=0.0003",
-                 "--param", "deploy=false", "--param", "method=qlora", "--no-cache"])
+                 "--param", "deploy=false", "--param", "method=qlora", "--param", "serve_profile=triage",
+                 "--no-cache"])
     assert code == 0
     assert "submitted run run-1" in capsys.readouterr().out
     (experiment,) = kfp_api.posted("/apis/v2beta1/experiments")
@@ -86,12 +87,13 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsy
     assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
     # --no-cache also stops train from reusing a stored model: a fresh run retrains.
     params = run["runtime_config"]["parameters"]
-    assert {k: params[k] for k in ("deploy", "reuse_stored_model")} == {"deploy": False, "reuse_stored_model": False}
+    assert {k: params[k] for k in ("deploy", "reuse_stored_model", "serve_profile")} == {
+        "deploy": False, "reuse_stored_model": False, "serve_profile": "triage"}
     # Training settings travel in the one `train` block: the default preset with the changes.
     from tosguard.components.config import PRESETS
 
     expected = {**PRESETS["default"].to_dict(), "epochs": 2, "learning_rate": 0.0003, "method": "qlora"}
-    assert params["train"] == expected and set(params) == {"deploy", "reuse_stored_model", "train"}
+    assert params["train"] == expected and set(params) == {"deploy", "reuse_stored_model", "serve_profile", "train"}
     spec, _ = _specs(run)
     assert spec["pipelineInfo"]["name"] == "tosguard"
     # --no-cache: caching is off for every task in the submitted spec.
@@ -127,6 +129,8 @@ def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
     assert "not a pipeline parameter or training setting" in capsys.readouterr().err
     assert main(["submit", "--host", kfp_api.url, "--preset", "quick", "--param", "train={\"lora_r\": 0}"]) == 2
     assert "lora_r must be >= 1" in capsys.readouterr().err
+    assert main(["submit", "--host", kfp_api.url, "--param", "serve_profile=recall"]) == 2
+    assert "serve_profile=recall: expected one of default, triage" in capsys.readouterr().err
     assert not kfp_api.posted("/apis/v2beta1/runs")
 
 
