@@ -50,6 +50,13 @@ PRESET_GATE_FLOORS = {"default": GATE_FLOOR, "quality": GATE_FLOOR, "quick": 0.0
 _KEY_NEUTRAL = {"distill_weight": 0.0, "teacher": ""}
 
 
+# Drift (components/monitor.py): a category has drifted at PSI >= PSI_THRESHOLD or binned KS
+# >= KS_THRESHOLD, judged only once MIN_CLAUSES clauses were scored in the window.
+PSI_THRESHOLD = 0.25
+KS_THRESHOLD = 0.2
+MIN_CLAUSES = 500
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every training setting, with the default preset's values."""

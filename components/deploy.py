@@ -108,8 +108,11 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
                        profile: str | None = None) -> dict:
     """(Re)start the managed ModelServer on 127.0.0.1 over model_dir; wait until ready.
     profile: default or triage decision thresholds (None: the server's default)."""
+    from tosguard.components.calibration import PROFILES
     from tosguard.components.storage import fetch_folder
 
+    if profile is not None and profile not in PROFILES:  # before the running server is stopped
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
     model_dir = str(fetch_folder(model_dir).resolve())
     if not (Path(model_dir) / CARD_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} is not an exported tosguard model folder")
@@ -126,7 +129,8 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
         )
     url = f"http://127.0.0.1:{port}"
     state = {"pid": process.pid, "url": url, "model": NAME, "model_dir": model_dir,
-             "log": str(log_path), "started": time.time(), "profile": profile or "default"}
+             "log": str(log_path), "started": time.time(),
+             "profile": profile or os.environ.get("TOSGUARD_PROFILE") or "default"}
     deadline = time.time() + timeout
     while True:
         if process.poll() is not None:
@@ -230,7 +234,7 @@ def build_inference_service(
     max_replicas: int = 3,
     concurrency_target: int = 4,
     expose: bool = False,
-    profile: str = "default",
+    profile: str = "",
 ) -> dict:
     """The InferenceService, built with the kserve SDK models, as a JSON-ready dict.
 
@@ -240,7 +244,8 @@ def build_inference_service(
     `concurrency_target` per replica; a replica takes at most twice that at once, the rest
     queue in Knative's activator). Cluster-local unless `expose`. `profile` picks the
     decision thresholds the predictor serves (default, or triage for high recall), as
-    TOSGUARD_PROFILE in the model's env, which KServe merges into the runtime's container.
+    TOSGUARD_PROFILE in the model's env, which KServe merges into the runtime's container
+    (a strategic merge patch: env entries by name); "" leaves the server's default.
     """
     from tosguard.components.calibration import PROFILES
 
@@ -253,14 +258,14 @@ def build_inference_service(
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1 or concurrency_target < 1:
         raise ValueError(f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1 and concurrency_target >= 1 "
                          f"(got {min_replicas}, {max_replicas}, {concurrency_target})")
-    if profile not in PROFILES:
+    if profile and profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
     model = V1beta1ModelSpec(
         name="kserve-container",
         model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version="1"),
         runtime=runtime,
         storage_uri=storage_uri,
-        env=[k8s.V1EnvVar(name="TOSGUARD_PROFILE", value=profile)],
+        env=[k8s.V1EnvVar(name="TOSGUARD_PROFILE", value=profile)] if profile else None,
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu_limit, "memory": memory_limit}
         ),
@@ -388,15 +393,15 @@ def deploy_inference_service(
 # -- the step ----------------------------------------------------------------------------------
 
 
-def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str, profile: str = "default") -> str:
+def run_local_step(model_uri: str, model_version: str, mlflow_run_id: str, profile: str = "") -> str:
     """Embedded deploy: (re)start the local server over the model in the store; returns its URL."""
     from tosguard.components.tracking import pipeline_run
 
     started = time.time()
-    state = start_local_server(model_uri, profile=profile)
+    state = start_local_server(model_uri, profile=profile or None)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": state["url"], "deployed_model_dir": state["model_dir"],
-                         "deployed_version": model_version, "serving_profile": profile})
+                         "deployed_version": model_version, "serving_profile": state["profile"]})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return state["url"]
 
@@ -433,7 +438,7 @@ def check_allowlist(namespace: str, names: list[str], serving_image: str, servic
 def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, service_name: str, namespace: str,
                     serving_image: str, service_account: str, ready_timeout_s: int, min_replicas: int = 1,
                     max_replicas: int = 3, concurrency_target: int = 4, expose: bool = False,
-                    auth_secret: str = "", profile: str = "default") -> str:
+                    auth_secret: str = "", profile: str = "") -> str:
     """Cluster deploy: create or patch the InferenceService over the model store URI; returns its URL."""
     from tosguard.components.tracking import pipeline_run
 
@@ -451,6 +456,6 @@ def run_kserve_step(model_uri: str, model_version: str, mlflow_run_id: str, serv
     result = deploy_inference_service(isvc, runtime, api_client=api_client, timeout=ready_timeout_s)
     with pipeline_run(mlflow_run_id) as mlflow:
         mlflow.set_tags({"endpoint": result["url"], "inference_service": f"{namespace}/{service_name}",
-                         "deployed_version": model_version, "serving_profile": profile})
+                         "deployed_version": model_version, "serving_profile": profile or "default"})
         mlflow.log_metric("step_seconds.deploy", time.time() - started)
     return result["url"]

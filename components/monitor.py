@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tosguard.components.config import KS_THRESHOLD, MIN_CLAUSES, PSI_THRESHOLD  # noqa: F401 (re-exported)
+
 REFERENCE_FILE = "reference.json"
-PSI_THRESHOLD = 0.25
-KS_THRESHOLD = 0.2
-MIN_CLAUSES = 500
 _SMOOTH = 1e-4
 _wait = time.sleep  # the window's wait (tests fill it with traffic)
 

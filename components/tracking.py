@@ -154,15 +154,20 @@ def pipeline_run(run_id: str, safe: str = ""):
     logger.close(safe)
 
 
-def open_run_step(run_name: str, source: str, train: dict, tags: dict | None = None) -> tuple[str, str]:
+def open_run_step(run_name: str, source: str, train: dict, tags: dict | None = None,
+                  serve_profile: str = "") -> tuple[str, str]:
     """The pipeline's first task: validate the inputs, then open the pipeline's MLflow run
     with every training setting logged once. Returns (run id, the validated settings as
-    JSON), which every later step reads. `tags`: the KFP run id and name."""
+    JSON), which every later step reads. `tags`: the KFP run id and name. serve_profile is
+    checked here, so a bad one fails before training rather than at the deploy step."""
+    from tosguard.components.calibration import PROFILES
     from tosguard.components.config import TrainConfig
 
     config = TrainConfig.from_dict(train)
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")
+    if serve_profile and serve_profile not in PROFILES:
+        raise ValueError(f"serve_profile must be one of {', '.join(PROFILES)} or empty (got {serve_profile!r})")
     from tosguard.components.storage import redact
 
     run_id = open_pipeline_run(run_name, {"source": redact(source),

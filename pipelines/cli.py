@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from tosguard.components.config import GATE_TOLERANCE, METHODS, NAME, PRESET_GATE_FLOORS, PRESETS, TrainConfig
-from tosguard.components import monitor
+from tosguard.components.config import (GATE_TOLERANCE, KS_THRESHOLD, METHODS, MIN_CLAUSES, NAME, PRESET_GATE_FLOORS,
+                                       PRESETS, PSI_THRESHOLD, TrainConfig)
 from tosguard.components.labels import CATEGORIES
 
 CATEGORIES_INDEX = {name: i for i, name in enumerate(CATEGORIES)}
@@ -56,7 +56,8 @@ def _cmd_run(args) -> int:
     with run_console(log_path, verbose=args.verbose) as console:
         try:
             summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
-                                   gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh)
+                                   gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh,
+                                   serve_profile=args.profile or "")
         except RuntimeError as exc:
             failure = (exc, console.failure_tail())
     if failure:
@@ -251,6 +252,7 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_monitor(args) -> int:
     """Drift: the endpoint's score distributions against the served model's test reference."""
+    from tosguard.components import monitor
 
     model = args.model
     if not model:
@@ -371,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deploy only at or above the champion's macro-F1 minus this (default 1.0)")
     run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")
     run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
+    run.add_argument("--profile", choices=("default", "triage"),
+                     help="decision thresholds the started server uses (default: TOSGUARD_PROFILE, else default)")
     run.add_argument("--fresh", action="store_true",
                      help="train even if the store already holds a model for this data and config")
     run.add_argument("--verbose", action="store_true",
@@ -478,12 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
                      help="judge only what is scored during this many seconds (default: everything since the "
                           "server started)")
-    mon.add_argument("--psi", type=float, default=monitor.PSI_THRESHOLD,
-                     help=f"PSI at which a category has drifted (default {monitor.PSI_THRESHOLD})")
-    mon.add_argument("--ks", type=float, default=monitor.KS_THRESHOLD,
-                     help=f"KS at which a category has drifted (default {monitor.KS_THRESHOLD})")
-    mon.add_argument("--min-clauses", type=int, default=monitor.MIN_CLAUSES,
-                     help=f"clauses needed before judging (default {monitor.MIN_CLAUSES})")
+    mon.add_argument("--psi", type=float, default=PSI_THRESHOLD,
+                     help=f"PSI at which a category has drifted (default {PSI_THRESHOLD})")
+    mon.add_argument("--ks", type=float, default=KS_THRESHOLD,
+                     help=f"KS at which a category has drifted (default {KS_THRESHOLD})")
+    mon.add_argument("--min-clauses", type=int, default=MIN_CLAUSES,
+                     help=f"clauses needed before judging (default {MIN_CLAUSES})")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
     mon.set_defaults(func=_cmd_monitor)
 

@@ -23,7 +23,8 @@ def _find_run(run_name: str) -> dict:
 
 
 def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: bool = True, store: str = "",
-                 gate_floor: float = 0.0, gate_tolerance: float = 1.0, reuse_stored_model: bool = True) -> dict:
+                 gate_floor: float = 0.0, gate_tolerance: float = 1.0, reuse_stored_model: bool = True,
+                 serve_profile: str = "") -> dict:
     """Run the whole pipeline locally; write and return summary.json's content."""
     from kfp import local
 
@@ -45,6 +46,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
     tosguard_pipeline(
         run_name=run_name, source=source, train=config.to_dict(), store=store, gate_floor=gate_floor,
         gate_tolerance=gate_tolerance, reuse_stored_model=reuse_stored_model, deploy=deploy, deploy_target="local",
+        serve_profile=serve_profile,
     )
     wall = time.time() - started
     info = _find_run(run_name)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
-from tosguard.components import monitor
-from tosguard.components.config import GATE_FLOOR, GATE_TOLERANCE, NAME, PRESETS, TrainConfig
+from tosguard.components.config import (GATE_FLOOR, GATE_TOLERANCE, KS_THRESHOLD, MIN_CLAUSES, NAME, PRESETS,
+                                       PSI_THRESHOLD, TrainConfig)
 from tosguard.pipelines import steps
 from tosguard.pipelines.images import SERVING_IMAGE, TRAINER_IMAGE
 
@@ -109,10 +109,10 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         concurrency_target: int = 4,
         expose: bool = False,
         auth_secret: str = "",
-        serve_profile: str = "default",  # the decision thresholds served: default, or triage (high recall)
+        serve_profile: str = "",  # the decision thresholds served: default, triage (high recall); "": the server's
     ):
         run = steps.open_run(run_name=run_name, source=source, train=train, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                             kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                             kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serve_profile=serve_profile)
         run.set_display_name("Validate inputs, open MLflow run")
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
         # Every pipeline run opens its own MLflow run: never answered from KFP's cache, which
@@ -227,9 +227,9 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         url: str = f"http://{NAME}-predictor.{NAME}.svc.cluster.local",
         model: str = "",  # the served model's store URI; empty: the registry's champion
         window_s: float = 0.0,  # 0: everything the server scored since it started
-        psi_threshold: float = monitor.PSI_THRESHOLD,
-        ks_threshold: float = monitor.KS_THRESHOLD,
-        min_clauses: int = monitor.MIN_CLAUSES,
+        psi_threshold: float = PSI_THRESHOLD,
+        ks_threshold: float = KS_THRESHOLD,
+        min_clauses: int = MIN_CLAUSES,
         run_name: str = f"{NAME}-drift-retrain",
         source: str = "bundled",
         train: dict = train_defaults.to_dict(),
@@ -252,7 +252,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         concurrency_target: int = 4,
         expose: bool = False,
         auth_secret: str = "",
-        serve_profile: str = "default",
+        serve_profile: str = "",
     ):
         check = steps.check_drift(url=url, model=model, window_s=window_s, psi_threshold=psi_threshold,
                                   ks_threshold=ks_threshold, min_clauses=min_clauses)

@@ -12,13 +12,15 @@ from tosguard.pipelines.images import BASE_IMAGE, TRAINER_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def open_run(run_name: str, source: str, train: dict, kfp_run_id: str, kfp_run_name: str) -> NamedTuple(
+def open_run(run_name: str, source: str, train: dict, kfp_run_id: str, kfp_run_name: str,
+             serve_profile: str) -> NamedTuple(
         "RunOutputs", [("mlflow_run_id", str), ("train_config", str)]):
     """Validate the pipeline's inputs, open this pipeline run's own MLflow run (tagged with
     the KFP run id and name); hand on the run id and the validated training settings."""
     from tosguard.components.tracking import open_run_step
 
-    return open_run_step(run_name, source, train, {"kfp.run_id": kfp_run_id, "kfp.run_name": kfp_run_name})
+    return open_run_step(run_name, source, train, {"kfp.run_id": kfp_run_id, "kfp.run_name": kfp_run_name},
+                         serve_profile)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

@@ -55,7 +55,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
                 params[key] = _CASTS.get(kind, str)(value)
         except ValueError:
             raise ValueError(f"--param {key}={value}: expected a {kind}") from None
-        if key == "serve_profile" and value not in PROFILES:
+        if key == "serve_profile" and value and value not in PROFILES:
             raise ValueError(f"--param serve_profile={value}: expected one of {', '.join(PROFILES)}")
     if train or preset:
         preset = train.pop("preset", preset) or "default"

@@ -117,3 +117,19 @@ def test_no_secret_reaches_logs_mlflow_or_the_compiled_pipeline(https_root, tosg
     seen = "\n".join([str(err.value), caplog.text, out.read_text(), repr(run.data.params), repr(run.data.tags)])
     leaked = [c for c in canaries if c in seen]
     assert not leaked, leaked
+
+
+def test_a_bad_serving_profile_fails_before_training_and_before_the_running_server_stops(monkeypatch):
+    """serve_profile is checked by the pipeline's first task (not at the deploy step, after
+    training), and the local deploy checks it before it stops the server that is running."""
+    from tosguard.components import deploy
+    from tosguard.components.config import PRESETS
+    from tosguard.components.tracking import open_run_step
+
+    with pytest.raises(ValueError, match="serve_profile must be one of default, triage or empty"):
+        open_run_step("r", "bundled", PRESETS["quick"].to_dict(), serve_profile="Triage")
+    stopped = []
+    monkeypatch.setattr(deploy, "stop_local_server", lambda *a, **k: stopped.append(1))
+    with pytest.raises(ValueError, match="profile must be one of default, triage"):
+        deploy.start_local_server("/nonexistent", profile="Triage")
+    assert stopped == []

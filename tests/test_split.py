@@ -77,6 +77,19 @@ def test_sentences_that_only_look_like_headings_stay_whole(text, expected):
      ["These Terms are effective October 7, 2020 and replace the old ones."]),
     ("This version is Effective October 7, 2020 for all users.",
      ["This version is Effective October 7, 2020 for all users."]),
+    # a stamp that a sentence, a list item or a bracket goes on from is not cut out
+    ("We may change fees: (a) Effective May 1, 2020, the basic plan costs $5; and (b) Effective June 1, 2020, "
+     "the pro plan costs $9.",
+     ["We may change fees:", "(a) Effective May 1, 2020, the basic plan costs $5; and (b) Effective June 1, 2020, "
+                             "the pro plan costs $9."]),
+    ("The prior terms (Effective May 1, 2020) continue to apply.",
+     ["The prior terms (Effective May 1, 2020) continue to apply."]),
+    ("This Agreement is made Effective as of March 1, 2021 between you and Acme.",
+     ["This Agreement is made Effective as of March 1, 2021 between you and Acme."]),
+    ('Read the page titled "Terms Effective May 1, 2020" before you buy.',
+     ['Read the page titled "Terms Effective May 1, 2020" before you buy.']),
+    ("These Terms were Last updated on May 5, 2021 Acme may change them again.",
+     ["These Terms were Last updated on May 5, 2021 Acme may change them again."]),
 ])
 def test_date_stamps_stand_alone(text, expected):
     assert parts(text) == expected
@@ -94,6 +107,11 @@ ROVIO = ("Rovio may change the Services. You can write to Rovio. Players who buy
     # not after a determiner or a quantifier, and not as the start of a name
     (ROVIO + "The Rovio account is yours.", ["The Rovio account is yours."]),
     (ROVIO + "All Rovio games are free.", ["All Rovio games are free."]),
+    # a sentence's adverbial before the name is not a heading
+    (ROVIO + "Under the DMCA Rovio may remove content.", ["Under the DMCA Rovio may remove content."]),
+    (ROVIO + "Outside the EEA Rovio may transfer your data.", ["Outside the EEA Rovio may transfer your data."]),
+    (ROVIO + "Alternatively Rovio may refund you.", ["Alternatively Rovio may refund you."]),
+    (ROVIO + "Your Rovio Account Rovio may close it.", ["Your Rovio Account Rovio may close it."]),
 ])
 def test_a_heading_before_the_documents_own_name_is_cut(text, expected):
     assert parts(text)[5:] == expected
@@ -132,6 +150,9 @@ def test_more_headings(text, expected):
      ["You may read the section on Disputes Not Subject to Arbitration below."]),
     ("Some Rights Relating to the Service are ours.", ["Some Rights Relating to the Service are ours."]),
     ("You agree to the terms of Within Ltd.", ["You agree to the terms of Within Ltd."]),
+    ("Put Copyright Notice in the Subject line of your message.",
+     ["Put Copyright Notice in the Subject line of your message."]),
+    ("Tap the Please cancel link.", ["Tap the Please cancel link."]),
 ])
 def test_line_breaks_lost_in_flattening(text, expected):
     assert parts(text) == expected

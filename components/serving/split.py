@@ -62,7 +62,7 @@ _CANDIDATE = re.compile(
     r"|(?P<nl>\n)\s*"
     r"|(?P<tab>\t)[^\S\n]*"
     rf"|(?P<bullet>)(?=[{_BULLETS}])"
-    r"|(?<=[a-z])(?P<lost>[^\S\n]+)(?=(?:If|When|Where|Unless|Except|Relating|Within|Without|Notwithstanding|Subject"
+    r"|(?<=[a-z])(?P<lost>[^\S\n]+)(?=(?:If|When|Where|Unless|Except|Relating|Within|Without|Notwithstanding"
     r"|Upon|Although|While|Because|Whether|Once|Please)[^\S\n]+[a-z])"
 )
 
@@ -107,6 +107,14 @@ _PRONOUNS = {"you", "we", "i", "they", "us"}
 # ("TripAdvisor may...", "Skyscanner reserves...", "WhatsApp is...").
 _NAME_VERBS = _AUXILIARIES | {"might", "cannot", "reserves", "agrees", "uses", "provides", "offers", "owns", "grants",
                               "makes", "allows", "collects", "processes", "respects", "wants", "works", "retains"}
+# Words that open a sentence's adverbial ("Outside the EEA Acme may...", "Likewise Acme
+# may..."), not a heading before the document's name.
+_NOT_HEADING_START = {"outside", "inside", "within", "beyond", "throughout", "among", "across", "following",
+                      "regardless", "likewise", "nevertheless", "nonetheless", "thereafter", "hereafter", "henceforth",
+                      "meanwhile", "moreover", "furthermore", "hence", "consequently", "again", "still", "yet", "so",
+                      "now", "today", "between", "besides", "despite", "against", "via", "per", "into", "onto",
+                      "towards", "toward", "until", "till", "unlike", "like", "near", "beside", "along", "around",
+                      "about", "above", "below", "behind", "over", "through", "where", "whereas", "whenever"}
 _NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,30}[a-z][A-Za-z0-9]{0,30}!?")
 # A date stamp: "Effective October 7, 2020", "Last updated: 5 May 2021", "Last Revised 2021-05-05".
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?"
@@ -199,16 +207,27 @@ def _looks_like_heading(line: str) -> bool:
 
 def _stamp_cuts(text: str) -> list[int]:
     """Cuts around date stamps run into the text ("Terms of service Effective October 7, 2020
-    Last Amended October 7, 2020 IMPORTANT NOTICE: ..."): before the stamp unless a sentence
-    goes on into it ("...is effective"; the word before is a small word), and after its date
-    when a capitalised word follows."""
+    Last Amended October 7, 2020 IMPORTANT NOTICE: ..."): before the stamp and after its date,
+    only when the stamp stands alone: after whitespace, not after a small word, a list marker
+    or a bracket ("This Agreement is made Effective as of...", "(a) Effective May 1, ...",
+    "(Effective May 1, 2020)"), and before the end of the text, a full stop, or a capitalised
+    word or a number ("Effective May 1, 2020, the plan costs..." goes on: no cut)."""
     cuts = []
     for m in _STAMP.finditer(text):
-        before = text[max(0, m.start() - LOOK_BACK):m.start()].split()
-        if not before or before[-1].lower().strip(",") not in _FUNCTION | _AUXILIARIES:
-            cuts.append(m.start())
+        window = text[max(0, m.start() - LOOK_BACK):m.start()]
+        before = window.split()
+        if window and not window[-1].isspace():
+            continue
+        if before and (before[-1].lower().strip(",") in _FUNCTION | _AUXILIARIES or _MARKER.fullmatch(before[-1])
+                       or _TAB_BULLET.fullmatch(before[-1]) or before[-1][-1] in "([{\"'“‘«"):
+            continue
         rest = text[m.end():m.end() + 3]
-        if rest[:1].isspace() and rest.strip()[:1].isupper():
+        following = rest.strip()[:1]
+        if rest and not (rest[0] in ".;" or (rest[0].isspace() and (not following or following.isupper()
+                                                                    or following.isdigit()))):
+            continue
+        cuts.append(m.start())
+        if rest[:1].isspace() and following:
             cuts.append(m.end())
     return cuts
 
@@ -265,8 +284,9 @@ def _raw_spans(text: str) -> list[tuple[int, int]]:
             # after a lower-case word ("...go to court to resolve disputes Relating to your..."),
             # not in a title ("...Disputes Not Subject to Arbitration").
             before = text[max(start, match.start() - LOOK_BACK):match.start()].split()
-            if not before or not before[-1].islower():
-                continue
+            if (not before or not before[-1].isalpha() or not before[-1].islower()
+                    or before[-1] in _FUNCTION - {"and", "or", "nor"}):
+                continue  # "...in the Please cancel link"; but a list's "...relief; or Within the..."
             cut = match.start()
         elif match.group("tab") is not None:
             # A tab separates table cells: each cell is read on its own, unless all before
@@ -417,7 +437,8 @@ def _cut_after_run(words: list[tuple[int, str]], run: int, openers: bool = True,
     openers = [i for i in range(max(1, run - 4), run) if _opens_sentence(_bare(words[i][1]))]
     # the document's own subject ("Modifications TripAdvisor may change...")
     if (run >= 2 and _bare(words[run - 1][1]) in names and _lower(words[run][1]) in _NAME_VERBS
-            and _lower(words[0][1]) not in _DETERMINERS and _lower(words[run - 2][1]) not in _OPENERS):
+            and _lower(words[0][1]) not in _OPENERS | _NOT_HEADING_START and not _lower(words[0][1]).endswith("ly")
+            and _lower(words[run - 2][1]) not in _OPENERS):
         openers.append(run - 1)
     return words[openers[-1]][0] if openers and _heading_ok(words, openers[-1]) else None
 
