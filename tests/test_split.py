@@ -158,6 +158,25 @@ def test_line_breaks_lost_in_flattening(text, expected):
     assert parts(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # a list flattened into one line, its items starting with capitals after a colon
+    ("To the extent the Dispute arises from: A violation of our intellectual property rights in any manner; "
+     "Any claim related to theft or piracy of the games; Any claim for equitable relief; then both parties "
+     "may go to court.",
+     ["To the extent the Dispute arises from:", "A violation of our intellectual property rights in any manner;",
+      "Any claim related to theft or piracy of the games;",
+      "Any claim for equitable relief; then both parties may go to court."]),
+    # not a list: a sentence after the colon, headings with semicolons, a colon before one sentence
+    ("Enable global access: To operate our Products, we store data. 2. Eligibility; Registration and account "
+     "The Products are for adults.",
+     ["Enable global access: To operate our Products, we store data.", "2.", "Eligibility; Registration and account",
+      "The Products are for adults."]),
+    ("Note: your account is yours; You may close it.", ["Note: your account is yours; You may close it."]),
+])
+def test_lists_flattened_into_one_line(text, expected):
+    assert parts(text) == expected
+
+
 def test_numbered_and_lettered_lists():
     text = ("We may end your account: (a) if you breach these Terms; (b) if the law requires it. "
             "1. You agree to pay. 2. You agree to arbitration. It covers: a. claims; and b. disputes. "
@@ -276,6 +295,8 @@ N = 1_000_000
     ("stamp words before spaces", "Effective" + " " * N),
     ("names before verbs", "Acme may. Title Acme may go. " * (N // 29)),
     ("lost line breaks", "disputes Relating to " * (N // 21)),
+    ("colons before capitals", "from: A b " * (N // 10)),
+    ("semicolon items", "a: " + "one two three four five; Any " * (N // 30)),
 ])
 def test_a_megabyte_of_hostile_text_splits_in_bounded_time(name, text):
     """Each decision looks at a bounded window, and no pattern backtracks over a run: a

@@ -48,6 +48,8 @@ MAX_SPAN_CHARS = 2_000
 CHUNK_CHARS = 1_000
 LOOK_BACK = 32  # longer than any abbreviation the rules look at
 LOOK_AHEAD = 32
+LIST_LOOK_AHEAD = 400  # how far after a colon a flattened list's next item is looked for
+LIST_LOOK_BACK = 1_000  # how far before a semicolon the colon that opened the list is looked for
 HEADING_WINDOW = 200  # a heading and the first words after it
 HEADING_WORDS = 14
 HEADING_PEELS = 3  # "Introduction 1.1 Contract When you use..." holds two headings
@@ -137,6 +139,8 @@ _LINE_LIST_MARKER = re.compile(rf"[-*{_BULLETS}]|(?:{_NUMBER_MARKER}[.)]|{_LETTE
 _NOT_AFTER_SECTION = {"section", "sections", "article", "articles", "clause", "clauses", "paragraph", "part", "schedule",
                       "appendix", "annex", "exhibit", "chapter", "version", "no", "item", "step", "rule", "page"}
 _WORD = re.compile(r"\S+")
+_NEXT_ITEM = re.compile(r";[^\S\n]+(?!(?:You|We|I|They|It|He|She)\b)[A-Z][a-z]")  # an item, not "; You may..."
+_SENTENCE_STOP = re.compile(r"[.!?]\s")
 _TAB_BULLET = re.compile(rf"[-*–—{_BULLETS}]+")  # "•\tWe may..." is one list item
 _EDGE = "\"'“”‘’«»()[]{}*_"
 
@@ -161,7 +165,9 @@ def _sentence_end(text: str, start: int, match: re.Match) -> bool:
     first = following[0]
     mark = text[match.start():match.start("ws")].rstrip(_CLOSERS)[-1]
     if mark in ":;":  # at the end of a line, or a colon before a list: "...where: (a) you..."
-        return "\n" in text[match.start("ws"):after] or (mark == ":" and bool(_LIST_ITEM.match(following)))
+        if "\n" in text[match.start("ws"):after] or (mark == ":" and bool(_LIST_ITEM.match(following))):
+            return True
+        return _inline_item(text, start, match, following)
     if first.islower():
         return bool(_NEXT_LIST_MARKER.match(following))
     cut = match.start("ws")
@@ -178,6 +184,23 @@ def _sentence_end(text: str, start: int, match: re.Match) -> bool:
     if word in _WEAK or _INITIALISM.fullmatch(word) or (len(word) == 1 and text[cut - 2].isupper()):
         return next_word in _OPENERS  # "U.S. Government", "John F. Kennedy", but "...in the U.S. If you..."
     return True
+
+
+def _inline_item(text: str, start: int, match: re.Match, following: str) -> bool:
+    """A list flattened into one line, its items starting with capitals: "...arises from: A
+    violation of...; Any claim for...; then both parties...". A colon followed by a capital
+    opens such a list when a "; Capital" follows within LIST_LOOK_AHEAD characters, before
+    any sentence end; a semicolon followed by a capital ends an item of at least five words
+    when a colon stands within LIST_LOOK_BACK characters before it."""
+    word = following.split(None, 1)[0] if following.strip() else ""
+    if not word or not word[0].isupper() or (len(_bare(word)) > 1 and _is_caps(word)) or _lower(word) in _PRONOUNS:
+        return False  # an item starts with a capital, not ALL CAPS, not a pronoun ("...; You may...")
+    if text[match.start()] == ":":  # the next item must come before any sentence end
+        item = _NEXT_ITEM.search(text, match.end(), match.end() + LIST_LOOK_AHEAD)
+        return item is not None and _SENTENCE_STOP.search(text, match.end(), item.start()) is None
+    # an item, not a heading ("2. Eligibility; Registration and account", "Your Account; Notices")
+    return (len(text[max(start, match.start() - LOOK_BACK * 4):match.start()].split()) >= 5
+            and ":" in text[max(0, match.start() - LIST_LOOK_BACK):match.start()])
 
 
 def _line_break_ends(text: str, start: int, at: int, after: int) -> bool:
