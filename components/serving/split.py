@@ -21,8 +21,13 @@ are..."), so that the heading took the categories of the sentence. The rules, in
    list marker or a bullet ("(a)\tYou may...", "•\tWe may..."). Other line breaks are
    wrapped lines. Where a flattened page lost its line breaks, a word that opens sentences
    and never continues one ("If", "Where", "Relating", "Within", ...) capitalised right after
-   a lower-case word starts a clause ("...resolve disputes Relating to your..."). A semicolon alone does not cut (LexGLUE sentences and the gold sentences of the shared documents keep "...; or (b)..." whole),
-   a colon only before a list item ("...terminate your account: (a) if you...").
+   a lower-case word starts a clause ("...resolve disputes Relating to your...").
+   A semicolon alone does not cut (LexGLUE sentences and the gold sentences of the shared
+   documents keep "...; or (b)..." whole), a colon only before a list item ("...terminate
+   your account: (a) if you..."), except in a list flattened into one line whose items
+   start with capitals ("...arises from: A violation of...; Any claim for...;"): the colon
+   opens it when a "; Capital" item follows before any sentence end, and each "; Capital"
+   within LIST_LOOK_BACK characters after such a colon ends an item of five words or more.
 3. Headings run into the text (HTML or PDF flattened into one line): at each clause start,
    after an optional section marker, an ALL-CAPS heading followed by a mixed-case word or
    a section number, a Title-Case heading followed by a word that opens sentences ("We",
