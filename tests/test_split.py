@@ -142,9 +142,9 @@ def test_more_headings(text, expected):
 @pytest.mark.parametrize("text, expected", [
     # a list whose line breaks were lost: each item opens with a capitalised sentence opener
     ("The parties will go to court to resolve disputes Relating to your intellectual property; or "
-     "Within the limits of small claims courts.",
+     "Where the only relief sought is an injunction.",
      ["The parties will go to court to resolve disputes", "Relating to your intellectual property; or",
-      "Within the limits of small claims courts."]),
+      "Where the only relief sought is an injunction."]),
     # not after a capitalised word (a title), and not before a name
     ("You may read the section on Disputes Not Subject to Arbitration below.",
      ["You may read the section on Disputes Not Subject to Arbitration below."]),
@@ -153,6 +153,8 @@ def test_more_headings(text, expected):
     ("Put Copyright Notice in the Subject line of your message.",
      ["Put Copyright Notice in the Subject line of your message."]),
     ("Tap the Please cancel link.", ["Tap the Please cancel link."]),
+    ("For details please see Where we store your data below.", ["For details please see Where we store your data below."]),
+    ("Invoices are due Within thirty (30) days of receipt.", ["Invoices are due Within thirty (30) days of receipt."]),
 ])
 def test_line_breaks_lost_in_flattening(text, expected):
     assert parts(text) == expected
@@ -172,6 +174,15 @@ def test_line_breaks_lost_in_flattening(text, expected):
      ["Enable global access: To operate our Products, we store data.", "2.", "Eligibility; Registration and account",
       "The Products are for adults."]),
     ("Note: your account is yours; You may close it.", ["Note: your account is yours; You may close it."]),
+    # a colon in an earlier sentence opens no list; short items (names, addresses) are not cut
+    ("Last updated: March 3, 2024. If you do not pay the Fees when they fall due; Acme may suspend the Services.",
+     ["Last updated: March 3, 2024.", "If you do not pay the Fees when they fall due; Acme may suspend the Services."]),
+    ("Third parties, including: Apple; Google; Microsoft and Amazon, may process your data.",
+     ["Third parties, including: Apple; Google; Microsoft and Amazon, may process your data."]),
+    ("Payment methods (e.g.: Visa; Mastercard; American Express) are listed on the page.",
+     ["Payment methods (e.g.: Visa; Mastercard; American Express) are listed on the page."]),
+    ("Send notices to: Attn: Legal Department; Acme Inc., 1 Main St.",
+     ["Send notices to: Attn: Legal Department; Acme Inc., 1 Main St."]),
 ])
 def test_lists_flattened_into_one_line(text, expected):
     assert parts(text) == expected

@@ -20,14 +20,15 @@ are..."), so that the heading took the categories of the sentence. The rules, in
    it stands; a tab separates table cells and ends a clause, unless all before it is a
    list marker or a bullet ("(a)\tYou may...", "•\tWe may..."). Other line breaks are
    wrapped lines. Where a flattened page lost its line breaks, a word that opens sentences
-   and never continues one ("If", "Where", "Relating", "Within", ...) capitalised right after
-   a lower-case word starts a clause ("...resolve disputes Relating to your...").
+   and never continues one ("If", "Where", "Relating", ...) capitalised right after a
+   lower-case word (not a small word, not "see" or "titled") starts a clause ("...resolve
+   disputes Relating to your...").
    A semicolon alone does not cut (LexGLUE sentences and the gold sentences of the shared
    documents keep "...; or (b)..." whole), a colon only before a list item ("...terminate
    your account: (a) if you..."), except in a list flattened into one line whose items
    start with capitals ("...arises from: A violation of...; Any claim for...;"): the colon
-   opens it when a "; Capital" item follows before any sentence end, and each "; Capital"
-   within LIST_LOOK_BACK characters after such a colon ends an item of five words or more.
+   opens it when its first item (four words or more) ends at a "; Capital" before any
+   sentence end, and in the same sentence each "; Capital" ends an item of four words or more.
 3. Headings run into the text (HTML or PDF flattened into one line): at each clause start,
    after an optional section marker, an ALL-CAPS heading followed by a mixed-case word or
    a section number, a Title-Case heading followed by a word that opens sentences ("We",
@@ -54,6 +55,7 @@ CHUNK_CHARS = 1_000
 LOOK_BACK = 32  # longer than any abbreviation the rules look at
 LOOK_AHEAD = 32
 LIST_LOOK_AHEAD = 400  # how far after a colon a flattened list's next item is looked for
+LIST_ITEM_WORDS = 4  # the fewest words of a flattened list's item
 LIST_LOOK_BACK = 1_000  # how far before a semicolon the colon that opened the list is looked for
 HEADING_WINDOW = 200  # a heading and the first words after it
 HEADING_WORDS = 14
@@ -69,8 +71,8 @@ _CANDIDATE = re.compile(
     r"|(?P<nl>\n)\s*"
     r"|(?P<tab>\t)[^\S\n]*"
     rf"|(?P<bullet>)(?=[{_BULLETS}])"
-    r"|(?<=[a-z])(?P<lost>[^\S\n]+)(?=(?:If|When|Where|Unless|Except|Relating|Within|Without|Notwithstanding"
-    r"|Upon|Although|While|Because|Whether|Once|Please)[^\S\n]+[a-z])"
+    r"|(?<=[a-z])(?P<lost>[^\S\n]+)(?=(?:If|When|Where|Unless|Except|Relating|Without|Notwithstanding"
+    r"|Although|While|Because|Whether|Please)[^\S\n]+[a-z])"
 )
 
 # Abbreviations (lower case, without the final full stop): never a sentence end...
@@ -141,6 +143,8 @@ _SECTION_NUMBER = re.compile(r"\d{1,3}(?:\.\d{1,3}){1,3}\.?|\d{1,3}\.")
 _LIST_ITEM = re.compile(rf"(?:\(?(?:[a-z]|[ivx]{{1,5}}|\d{{1,2}})\)|\d{{1,3}}(?:\.\d{{1,3}}){{1,3}}\.?|[{_BULLETS}])\s")
 _NEXT_LIST_MARKER = re.compile(r"\(?(?:[a-z]|[ivxlc]{1,6})[.)]\s")
 _LINE_LIST_MARKER = re.compile(rf"[-*{_BULLETS}]|(?:{_NUMBER_MARKER}[.)]|{_LETTER_MARKER})\s")
+_INTRODUCE_TITLES = {"see", "titled", "entitled", "called", "named", "heading", "headed", "section", "film", "book",
+                     "game", "song", "show", "series", "app", "page", "tab", "link", "button", "menu", "due"}
 _NOT_AFTER_SECTION = {"section", "sections", "article", "articles", "clause", "clauses", "paragraph", "part", "schedule",
                       "appendix", "annex", "exhibit", "chapter", "version", "no", "item", "step", "rule", "page"}
 _WORD = re.compile(r"\S+")
@@ -172,7 +176,7 @@ def _sentence_end(text: str, start: int, match: re.Match) -> bool:
     if mark in ":;":  # at the end of a line, or a colon before a list: "...where: (a) you..."
         if "\n" in text[match.start("ws"):after] or (mark == ":" and bool(_LIST_ITEM.match(following))):
             return True
-        return _inline_item(text, start, match, following)
+        return _inline_item(text, start, match, following, mark)
     if first.islower():
         return bool(_NEXT_LIST_MARKER.match(following))
     cut = match.start("ws")
@@ -191,21 +195,28 @@ def _sentence_end(text: str, start: int, match: re.Match) -> bool:
     return True
 
 
-def _inline_item(text: str, start: int, match: re.Match, following: str) -> bool:
+def _inline_item(text: str, start: int, match: re.Match, following: str, mark: str) -> bool:
     """A list flattened into one line, its items starting with capitals: "...arises from: A
-    violation of...; Any claim for...; then both parties...". A colon followed by a capital
-    opens such a list when a "; Capital" follows within LIST_LOOK_AHEAD characters, before
-    any sentence end; a semicolon followed by a capital ends an item of at least five words
-    when a colon stands within LIST_LOOK_BACK characters before it."""
+    violation of...; Any claim for...; then both parties...". Items have at least
+    LIST_ITEM_WORDS words ("including: Apple; Google" and addresses stay whole). A colon
+    followed by a capital opens such a list when its first item ends at a "; Capital" within
+    LIST_LOOK_AHEAD characters, before any sentence end; a semicolon followed by a capital
+    ends an item when the colon that opened the list stands within LIST_LOOK_BACK characters
+    before it, in the same sentence."""
     word = following.split(None, 1)[0] if following.strip() else ""
     if not word or not word[0].isupper() or (len(_bare(word)) > 1 and _is_caps(word)) or _lower(word) in _PRONOUNS:
         return False  # an item starts with a capital, not ALL CAPS, not a pronoun ("...; You may...")
-    if text[match.start()] == ":":  # the next item must come before any sentence end
-        item = _NEXT_ITEM.search(text, match.end(), match.end() + LIST_LOOK_AHEAD)
-        return item is not None and _SENTENCE_STOP.search(text, match.end(), item.start()) is None
-    # an item, not a heading ("2. Eligibility; Registration and account", "Your Account; Notices")
-    return (len(text[max(start, match.start() - LOOK_BACK * 4):match.start()].split()) >= 5
-            and ":" in text[max(0, match.start() - LIST_LOOK_BACK):match.start()])
+    at = match.start("ws")
+    if mark == ":":  # the first item: up to the next semicolon, which a capitalised item follows
+        end = text.find(";", at, at + LIST_LOOK_AHEAD)
+        return (end > 0 and _NEXT_ITEM.match(text, end) is not None and _SENTENCE_STOP.search(text, at, end) is None
+                and len(text[at:end].split()) >= LIST_ITEM_WORDS)
+    window_start = max(0, at - LIST_LOOK_BACK)
+    colon = text.rfind(": ", window_start, at)
+    if colon < 0 or _SENTENCE_STOP.search(text, colon, at) is not None:
+        return False  # no colon opened a list in this sentence ("Last updated: ... . If you...")
+    item_start = max(colon, text.rfind(";", colon, at - 1)) + 1
+    return len(text[item_start:at].split()) >= LIST_ITEM_WORDS
 
 
 def _line_break_ends(text: str, start: int, at: int, after: int) -> bool:
@@ -313,7 +324,7 @@ def _raw_spans(text: str) -> list[tuple[int, int]]:
             # not in a title ("...Disputes Not Subject to Arbitration").
             before = text[max(start, match.start() - LOOK_BACK):match.start()].split()
             if (not before or not before[-1].isalpha() or not before[-1].islower()
-                    or before[-1] in _FUNCTION - {"and", "or", "nor"}):
+                    or before[-1] in _FUNCTION - {"and", "or", "nor"} or before[-1] in _INTRODUCE_TITLES):
                 continue  # "...in the Please cancel link"; but a list's "...relief; or Within the..."
             cut = match.start()
         elif match.group("tab") is not None:
