@@ -24,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
+from tosguard.components.config import check_profile
+
 TRIAGE_RECALL = 0.9
-PROFILES = ("default", "triage")
 ECE_BINS = 10
 _EPS = 1e-6
 _PRIOR = 1.0  # strength of the pull towards the identity map (in log-loss units)
@@ -136,8 +137,7 @@ def fit(val_scores: np.ndarray, val_gold: np.ndarray, threshold: float = 0.5) ->
 
 def profile_thresholds(card: dict, profile: str) -> list[float]:
     """The thresholds a card gives a profile: `thresholds` is the default profile's."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
+    check_profile(profile)
     profiles = card.get("profiles") or {}
     if profile == "default":
         return list(card["thresholds"])

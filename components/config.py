@@ -50,6 +50,17 @@ PRESET_GATE_FLOORS = {"default": GATE_FLOOR, "quality": GATE_FLOOR, "quick": 0.0
 _KEY_NEUTRAL = {"distill_weight": 0.0, "teacher": ""}
 
 
+# Decision profiles (components/calibration.py): the card's thresholds, or triage's for high recall.
+PROFILES = ("default", "triage")
+
+
+def check_profile(profile: str) -> str:
+    """The profile, or a ValueError naming the ones there are."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
+    return profile
+
+
 # Drift (components/monitor.py): a category has drifted at PSI >= PSI_THRESHOLD or binned KS
 # >= KS_THRESHOLD, judged only once MIN_CLAUSES clauses were scored in the window.
 PSI_THRESHOLD = 0.25

@@ -108,11 +108,11 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
                        profile: str | None = None) -> dict:
     """(Re)start the managed ModelServer on 127.0.0.1 over model_dir; wait until ready.
     profile: default or triage decision thresholds (None: the server's default)."""
-    from tosguard.components.calibration import PROFILES
+    from tosguard.components.config import check_profile
     from tosguard.components.storage import fetch_folder
 
-    if profile is not None and profile not in PROFILES:  # before the running server is stopped
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
+    if profile is not None:
+        check_profile(profile)  # before the running server is stopped
     model_dir = str(fetch_folder(model_dir).resolve())
     if not (Path(model_dir) / CARD_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} is not an exported tosguard model folder")
@@ -247,7 +247,7 @@ def build_inference_service(
     TOSGUARD_PROFILE in the model's env, which KServe merges into the runtime's container
     (a strategic merge patch: env entries by name); "" leaves the server's default.
     """
-    from tosguard.components.calibration import PROFILES
+    from tosguard.components.config import check_profile
 
     from kubernetes import client as k8s
     from kserve import (
@@ -258,8 +258,8 @@ def build_inference_service(
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1 or concurrency_target < 1:
         raise ValueError(f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1 and concurrency_target >= 1 "
                          f"(got {min_replicas}, {max_replicas}, {concurrency_target})")
-    if profile and profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
+    if profile:
+        check_profile(profile)
     model = V1beta1ModelSpec(
         name="kserve-container",
         model_format=V1beta1ModelFormat(name=MODEL_FORMAT, version="1"),

@@ -160,7 +160,7 @@ def open_run_step(run_name: str, source: str, train: dict, tags: dict | None = N
     with every training setting logged once. Returns (run id, the validated settings as
     JSON), which every later step reads. `tags`: the KFP run id and name. serve_profile is
     checked here, so a bad one fails before training rather than at the deploy step."""
-    from tosguard.components.calibration import PROFILES
+    from tosguard.components.config import PROFILES
     from tosguard.components.config import TrainConfig
 
     config = TrainConfig.from_dict(train)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tosguard.components.config import (GATE_TOLERANCE, KS_THRESHOLD, METHODS, MIN_CLAUSES, NAME, PRESET_GATE_FLOORS,
-                                       PRESETS, PSI_THRESHOLD, TrainConfig)
+                                       PRESETS, PROFILES, PSI_THRESHOLD, TrainConfig)
 from tosguard.components.labels import CATEGORIES
 
 CATEGORIES_INDEX = {name: i for i, name in enumerate(CATEGORIES)}
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deploy only at or above the champion's macro-F1 minus this (default 1.0)")
     run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")
     run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
-    run.add_argument("--profile", choices=("default", "triage"),
+    run.add_argument("--profile", choices=PROFILES,
                      help="decision thresholds the started server uses (default: TOSGUARD_PROFILE, else default)")
     run.add_argument("--fresh", action="store_true",
                      help="train even if the store already holds a model for this data and config")
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model folder or store URI, file://... or s3://... "
                                        "(default: the latest trained model)")
     serve.add_argument("--port", type=int, help="port (default 8080, or a free one)")
-    serve.add_argument("--profile", choices=("default", "triage"),
+    serve.add_argument("--profile", choices=PROFILES,
                        help="decision thresholds: default, or triage (about 0.9 recall per category, more "
                             "clauses flagged; the evaluation report prints its precision cost)")
     serve.add_argument("--stop", action="store_true", help="stop the running local server")
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", metavar="DIR|URI", help="score in-process with this model: a folder, file://, "
                        "s3://, or models:/tosguard@champion (the default)")
         p.add_argument("--url", help="ask a running server instead (its base URL)")
-        p.add_argument("--profile", choices=("default", "triage"),
+        p.add_argument("--profile", choices=PROFILES,
                        help="in-process decision thresholds: default, or triage (about 0.9 recall per category)")
 
     pred = sub.add_parser("predict", help="score clauses: arguments, a file or stdin",

@@ -21,7 +21,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
     a bad value fails before anything is submitted. drift_watch: check against the drift
     watch's parameters instead of the training pipeline's.
     """
-    from tosguard.components.calibration import PROFILES
+    from tosguard.components.config import PROFILES
     from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
     inputs = (drift_watch_pipeline if drift_watch else tosguard_pipeline).component_spec.inputs or {}

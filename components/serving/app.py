@@ -37,7 +37,7 @@ import re
 import time
 import uuid
 
-from tosguard.components.config import NAME
+from tosguard.components.config import NAME, PROFILES
 from tosguard.components.serving.batcher import Overloaded
 from tosguard.components.serving.model import DEFAULT_MODEL_DIR, UnfairClauseModel
 from tosguard.components.serving.page import (
@@ -408,7 +408,7 @@ def main(argv=None) -> None:
                         help="exported model folder, or a model store URI (file://... or s3://...)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a cluster pod)")
     parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--profile", choices=("default", "triage"),
+    parser.add_argument("--profile", choices=PROFILES,
                         help="decision thresholds: default, or triage (about 0.9 recall per category; "
                              "default: TOSGUARD_PROFILE, else default)")
     args, _ = parser.parse_known_args(argv)
