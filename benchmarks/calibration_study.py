@@ -39,11 +39,15 @@ def _split(name: str, data: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _raw_scores(model_dir: str, texts: list[str]) -> np.ndarray:
+    """The model's scores before calibration: the encoder's, blended with its lexical side
+    where it has one (what calibration is fit on at training time)."""
+    from tosguard.components import lexical
     from tosguard.components.modeling import load_exported, score_encoded
 
     model, tokenizer, card = load_exported(model_dir)
     ids = tokenizer(texts, truncation=True, max_length=card.get("max_length", 128))["input_ids"]
-    return score_encoded(model, ids, tokenizer.pad_token_id, 64, 8192)
+    scores = score_encoded(model, ids, tokenizer.pad_token_id, 64, 8192)
+    return lexical.apply(scores, lexical.LexicalModel.load(model_dir, card), texts)
 
 
 def _macro(gold, scores, thresholds) -> float:

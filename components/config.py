@@ -47,7 +47,7 @@ PRESET_GATE_FLOORS = {"default": GATE_FLOOR, "quality": GATE_FLOOR, "quick": 0.0
 
 
 # Settings whose neutral value leaves them out of the content keys (TrainConfig.key_json).
-_KEY_NEUTRAL = {"distill_weight": 0.0, "teacher": ""}
+_KEY_NEUTRAL = {"distill_weight": 0.0, "teacher": "", "lexical_weight": 0.0, "lexical_c": 256.0}
 
 
 # Decision profiles (components/calibration.py): the card's thresholds, or triage's for high recall.
@@ -99,6 +99,11 @@ class TrainConfig:
     # on the train split (BCE with soft targets); 0 trains on the gold labels alone.
     distill_weight: float = 0.0
     teacher: str = ""  # the teacher whose stored train-split scores are used (see teachers.py)
+    # The lexical blend (components/lexical.py): TF-IDF word 1-2-gram logistic regressions fit
+    # on the train split, blended with the encoder in logit space at this weight; 0: the
+    # encoder alone. lexical_c: their inverse L2 regularisation.
+    lexical_weight: float = 0.4
+    lexical_c: float = 256.0
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -126,6 +131,10 @@ class TrainConfig:
             problems.append("distill_weight needs a teacher")
         if self.teacher and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.teacher)):
             problems.append(f"teacher names are letters, digits, '-', '_' and '.' (got {self.teacher!r})")
+        if not 0 <= self.lexical_weight < 1:
+            problems.append(f"lexical_weight must be in [0, 1) (got {self.lexical_weight})")
+        if not self.lexical_c > 0:
+            problems.append(f"lexical_c must be > 0 (got {self.lexical_c})")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         bad = [t for t in self.target_list() or [] if not re.fullmatch(r"[A-Za-z0-9_.]+", t)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tosguard.components import calibration, figures, monitor, storage
+from tosguard.components import calibration, figures, lexical, monitor, storage
 from tosguard.components.config import CARD_FILE, COMPLETE_MARK
 from tosguard.components.labels import CATEGORIES, NONE_COLUMN
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
@@ -224,6 +224,7 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
     model, tokenizer, card = load_exported(model_dir)
     data = load_from_disk(tokenized_dir)[split]
     raw = score_encoded(model, data["input_ids"], tokenizer.pad_token_id)
+    raw = lexical.apply(raw, lexical.LexicalModel.load(model_dir, card), data["text"])
     params = calibration.card_params(card)
     probabilities = calibration.apply(raw, params)
     gold = np.asarray(data["label_vector"], dtype=np.int64)
@@ -371,6 +372,7 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
             "best_epoch": card.get("best_epoch"), "best_val_macro_f1": card.get("val_macro_f1", float("nan")),
             "thresholds": dict(zip(card["categories"], card["thresholds"])), "scores": scores,
             "calibrated": bool(card.get("calibration")),
+            "lexical": card.get("lexical"),
         }
         # A stored version is never changed: each evaluation writes its own folder, and the
         # card is written by the first evaluation of the version only.

@@ -8,6 +8,7 @@ or ``s3://bucket/prefix``. Layout:
         adapter/                                the LoRA adapter alone (peft)
         tokenizer.json, tokenizer_config.json   tokenizer
         classifier.safetensors, tosguard.json   head, label names, thresholds, pooling
+        lexical.safetensors, lexical_terms.json the TF-IDF side blended with the encoder (lexical.py)
         labels.json, thresholds.json            label names and decision thresholds (on the served,
                                                 calibrated scores when the card has a calibration)
         training_curves.png                     loss and validation F1 per epoch, best epoch marked
@@ -140,6 +141,13 @@ def mark_complete(uri: str, summary: dict) -> None:
     storage.write_text(storage.join(uri, COMPLETE_MARK), json.dumps(summary, indent=2, default=str))
 
 
+def _lexical_line(entry: dict | None) -> str:
+    if not entry:
+        return "none (the encoder alone)"
+    return (f"{entry.get('features', 'tf-idf')} over {entry.get('terms', '?')} terms, one logistic regression per "
+            f"category, blended with the encoder in logit space at weight {entry.get('weight')}")
+
+
 def model_card(info: dict) -> str:
     """MODEL_CARD.md: what the model is, what it was trained on, how it scored."""
     scores = info["scores"]
@@ -153,6 +161,7 @@ def model_card(info: dict) -> str:
         "|---|---|",
         f"| base model | {info['base_model']} |",
         f"| method | {info['method']} |",
+        f"| lexical blend | {_lexical_line(info.get('lexical'))} |",
         f"| data hash | `{info['data_hash']}` |",
         f"| data source | {info.get('source', '?')} |",
         f"| code version | {info['code_version']} |",
@@ -173,7 +182,8 @@ def model_card(info: dict) -> str:
         "",
         "`model.safetensors` + `config.json`: the merged encoder (plain transformers, no peft); "
         "`adapter/`: the LoRA adapter alone; `classifier.safetensors` and `tosguard.json`: the head, "
-        "pooling, label names and thresholds; `training_curves.png`: loss and validation F1 per epoch; "
+        "pooling, label names and thresholds; `lexical.safetensors` and `lexical_terms.json` (where the "
+        "model blends): the TF-IDF logistic regressions and their terms; `training_curves.png`: loss and validation F1 per epoch; "
         "`evaluations/<run>/report.md` and `report.html`: the evaluation placed in the LexGLUE table (the HTML "
         "with the figures).",
         "",

@@ -81,10 +81,11 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     assert {"model.safetensors", "config.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
             "tokenizer.json", "labels.json", "thresholds.json", "tosguard.json", "classifier.safetensors",
             "train_summary.json", f"evaluations/{run_id}/report.md", f"evaluations/{run_id}/scores.json",
-            "MODEL_CARD.md", "training_curves.png", f"evaluations/{run_id}/report.html"} <= stored
+            "MODEL_CARD.md", "training_curves.png", f"evaluations/{run_id}/report.html",
+            "lexical.safetensors", "lexical_terms.json"} <= stored
     card = storage.read_text(f"{model_uri}/MODEL_CARD.md")
     for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}",
-                 "thresholds (on the calibrated scores"):
+                 "thresholds (on the calibrated scores", "in logit space at weight 0.4"):
         assert fact in card, fact
     # MLflow's artifacts went through the tracking server into the same S3, the figures too.
     assert {"evaluation/report", "evaluation/report.html", "evaluation/category_confusions.png",

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from tosguard.components import calibration
+from tosguard.components import calibration, lexical
 from tosguard.components.modeling import load_exported, score_encoded
 from tosguard.components.serving.split import split_sentences
 
@@ -56,6 +56,8 @@ class ClauseScorer:
         self.thresholds = np.asarray(calibration.profile_thresholds(self.card, self.profile), dtype=np.float32)
         self.calibration = calibration.card_params(self.card)  # None: a model from before calibration
         self.max_length = int(self.card.get("max_length", 128))
+        # The TF-IDF side blended with the encoder (None: a model trained without it).
+        self.lexical = lexical.LexicalModel.load(model_dir, self.card)
         use_bf16 = self.precision == "bf16" or (
             self.precision == "auto" and not torch.cuda.is_available() and _bf16_matmul_is_native()
         )
@@ -71,6 +73,7 @@ class ClauseScorer:
         encoded = self.tokenizer(clauses, truncation=True, max_length=self.max_length, padding=False)
         ids = encoded["input_ids"]
         scores = score_encoded(self.classifier, ids, self.tokenizer.pad_token_id, BATCH_SIZE, BATCH_TOKENS, PAD_MULTIPLE)
+        scores = lexical.apply(scores, self.lexical, clauses)
         scores = calibration.apply(scores, self.calibration)
         truncated = np.asarray([len(row) >= self.max_length for row in ids], dtype=np.float32)[:, None]
         return np.concatenate([scores.astype(np.float32), truncated], axis=1)

@@ -1,0 +1,170 @@
+"""The lexical side of the clause classifier: TF-IDF over word 1-2-grams and one logistic
+regression per category, blended with the transformer's scores in logit space.
+
+Why: on UNFAIR-ToS a linear model over words and word pairs scores nearly as well as the
+fine-tuned MiniLM, and it errs on other clauses, so the blend beats either alone
+(BENCHMARKS.md, "The lexical blend"). It costs seconds to fit on 2 cores and microseconds
+a clause to serve, and sees the whole clause where the encoder truncates.
+
+The fit uses scikit-learn; what is stored beside the model is plain arrays (the terms in
+column order, their idf, the weights) in safetensors and JSON, nothing pickled, and the
+transform at serving time is this module's own, checked against scikit-learn's in the tests.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+WEIGHTS_FILE = "lexical.safetensors"
+TERMS_FILE = "lexical_terms.json"
+# scikit-learn's default token pattern: words of two or more word characters.
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+# A category with no positive training clause (a tiny train subset) never fires.
+_NEVER = -20.0
+
+
+def terms(text: str) -> list[str]:
+    """The lower-cased words of a clause and each pair of neighbouring words."""
+    words = _TOKEN.findall(text.lower())
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+
+@dataclass
+class LexicalModel:
+    """Terms in column order, their idf, and per category a weight row and an intercept."""
+
+    vocabulary: list[str]
+    idf: np.ndarray  # (terms,)
+    coef: np.ndarray  # (categories, terms)
+    intercept: np.ndarray  # (categories,)
+    weight: float = 0.0  # the blend weight of the lexical logits (the card's)
+    index: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.idf = np.asarray(self.idf, dtype=np.float64)
+        self.coef = np.asarray(self.coef, dtype=np.float64)
+        self.intercept = np.asarray(self.intercept, dtype=np.float64)
+        if self.idf.shape != (len(self.vocabulary),) or self.coef.shape[1:] != self.idf.shape:
+            raise ValueError(f"lexical model shapes disagree: {len(self.vocabulary)} terms, idf {self.idf.shape}, "
+                             f"weights {self.coef.shape}")
+        if self.intercept.shape != self.coef.shape[:1]:
+            raise ValueError(f"lexical model has {self.coef.shape[0]} weight rows and {self.intercept.shape} intercepts")
+        self.index = {term: i for i, term in enumerate(self.vocabulary)}
+        if len(self.index) != len(self.vocabulary):
+            raise ValueError("lexical model terms repeat")
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], labels: np.ndarray, c: float = 256.0, weight: float = 0.0,
+            min_df: int = 2) -> "LexicalModel":
+        """Fit the vocabulary and idf on `texts`, then one L2 logistic regression per label
+        column (inverse regularisation `c`); deterministic for the same data."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or labels.shape[0] != len(texts):
+            raise ValueError(f"labels must be (clauses, categories) for {len(texts)} clauses, got {labels.shape}")
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=min(min_df, len(texts)), sublinear_tf=True)
+        features = vectorizer.fit_transform(list(texts))
+        vocabulary = [term for term, _ in sorted(vectorizer.vocabulary_.items(), key=lambda item: item[1])]
+        coef = np.zeros((labels.shape[1], len(vocabulary)))
+        intercept = np.full(labels.shape[1], _NEVER)
+        for k in range(labels.shape[1]):
+            column = (labels[:, k] > 0.5).astype(int)
+            if column.min() == column.max():  # one class only: nothing to learn from
+                intercept[k] = _NEVER if column[0] == 0 else -_NEVER
+                continue
+            regression = LogisticRegression(C=c, max_iter=5000).fit(features, column)
+            coef[k], intercept[k] = regression.coef_[0], regression.intercept_[0]
+        return cls(vocabulary, vectorizer.idf_, coef, intercept, weight)
+
+    def features(self, texts: Sequence[str]):
+        """Sublinear-tf x idf rows, L2-normalised (scikit-learn's TfidfVectorizer transform)."""
+        from scipy.sparse import csr_matrix
+
+        rows, columns = [], []
+        for row, text in enumerate(texts):
+            for term in terms(text):
+                column = self.index.get(term)
+                if column is not None:
+                    rows.append(row)
+                    columns.append(column)
+        # Repeated (row, column) pairs are summed into the term counts.
+        matrix = csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(texts), len(self.vocabulary)))
+        matrix.sum_duplicates()
+        matrix.data = (1.0 + np.log(matrix.data)) * self.idf[matrix.indices]
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        matrix.data /= np.repeat(norms, np.diff(matrix.indptr))
+        return matrix
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """(clauses, categories) logits of the per-category logistic regressions."""
+        return np.asarray(self.features(texts) @ self.coef.T) + self.intercept[None, :]
+
+    def save(self, folder: str | Path) -> dict:
+        """Write the arrays and terms into `folder`; returns the card entry that names them."""
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        save_file({"idf": self.idf.astype(np.float32), "coef": self.coef.astype(np.float32),
+                   "intercept": self.intercept.astype(np.float32)}, str(folder / WEIGHTS_FILE))
+        (folder / TERMS_FILE).write_text(json.dumps(self.vocabulary, ensure_ascii=False))
+        return {"weight": self.weight, "features": "tf-idf word 1-2-grams", "terms": len(self.vocabulary),
+                "blend": "logit"}
+
+    @classmethod
+    def load(cls, folder: str | Path, card: dict) -> "LexicalModel | None":
+        """The model's lexical side, or None when its card has none (a model without it)."""
+        entry = card.get("lexical")
+        if not entry:
+            return None
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        try:
+            arrays = load_file(str(folder / WEIGHTS_FILE))
+            vocabulary = json.loads((folder / TERMS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ValueError(f"the model card names a lexical side but {Path(exc.filename).name} is missing") from None
+        weight = entry.get("weight") if isinstance(entry, dict) else None
+        problems = []
+        if not isinstance(weight, (int, float)) or not 0 <= weight < 1:
+            problems.append(f"its weight must be a number in [0, 1) (got {weight!r})")
+        if not isinstance(vocabulary, list) or not all(isinstance(t, str) for t in vocabulary):
+            problems.append(f"{TERMS_FILE} must be a JSON list of terms")
+        missing = {"idf", "coef", "intercept"} - set(arrays)
+        if missing:
+            problems.append(f"{WEIGHTS_FILE} lacks {sorted(missing)}")
+        if problems:
+            raise ValueError(f"the lexical side in {folder} is not usable: " + "; ".join(problems))
+        return cls(vocabulary, arrays["idf"], arrays["coef"], arrays["intercept"], float(weight))
+
+    def blend(self, probabilities: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """The transformer's sigmoid scores blended with this model's: in logit space,
+        (1 - weight) x transformer + weight x lexical."""
+        return blend(probabilities, self.logits(texts), self.weight)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def blend(probabilities: np.ndarray, lexical_logits: np.ndarray, weight: float) -> np.ndarray:
+    """sigmoid((1 - w) logit(p) + w z), in the dtype of `probabilities`."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != np.shape(lexical_logits):
+        raise ValueError(f"scores {probabilities.shape} and lexical logits {np.shape(lexical_logits)} differ in shape")
+    z = (1.0 - weight) * _logit(probabilities) + weight * np.asarray(lexical_logits, dtype=np.float64)
+    return (1.0 / (1.0 + np.exp(-z))).astype(probabilities.dtype if probabilities.dtype.kind == "f" else np.float64)
+
+
+def apply(probabilities: np.ndarray, model: "LexicalModel | None", texts: Sequence[str]) -> np.ndarray:
+    """The blend where the model has a lexical side; the scores unchanged where not."""
+    return probabilities if model is None or not model.weight else model.blend(probabilities, texts)

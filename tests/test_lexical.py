@@ -1,0 +1,136 @@
+"""The lexical side: its transform is scikit-learn's, what is stored reloads to the same
+logits, the blend does what it says, and the served and evaluated scores carry it."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tosguard.components import lexical
+from tosguard.components.lexical import LexicalModel
+
+CLAUSES = [
+    "We may terminate your account at any time without notice.",
+    "We may terminate or suspend your access immediately, for any reason.",
+    "These Terms are governed by the laws of the State of California.",
+    "These Terms are governed by the laws of England and Wales.",
+    "We are not liable for any indirect or consequential damages.",
+    "In no event shall we be liable for lost profits or damages.",
+    "You can contact us by email at any time.",
+    "The service is provided in English and French.",
+    "Any dispute shall be resolved by binding arbitration.",
+    "Disputes will be settled by arbitration in San Francisco.",
+]
+LABELS = np.array([[0, 1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0],
+                   [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+
+
+def test_features_match_scikit_learns_tfidf_transform():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    model = LexicalModel.fit(CLAUSES, LABELS, c=10.0)
+    reference = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(CLAUSES)
+    unseen = ["WE MAY terminate terminate terminate your account, at any time!", "", "Ünïcode café laws laws",
+              "governed by the laws of the State of California and the laws of England"]
+    for texts in (CLAUSES, unseen):
+        ours, theirs = model.features(texts).toarray(), reference.transform(texts).toarray()
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    assert model.features(["", "qqq zzz"]).nnz == 0  # nothing known: an empty row, not a NaN
+
+
+def test_it_learns_the_categories_and_a_category_without_positives_never_fires():
+    model = LexicalModel.fit(CLAUSES, LABELS, c=100.0)
+    logits = model.logits(["We may terminate your account without notice.", "Governed by the laws of California."])
+    assert logits[0, 1] > 0 > logits[0, 0] and logits[1, 0] > 0 > logits[1, 1]
+    assert (logits[:, 2] <= -19).all()  # no positive training clause: never found
+
+
+def test_save_and_load_give_the_same_logits(tmp_path):
+    model = LexicalModel.fit(CLAUSES, LABELS, c=100.0, weight=0.4)
+    entry = model.save(tmp_path)
+    assert entry["weight"] == 0.4 and entry["terms"] == len(model.vocabulary)
+    loaded = LexicalModel.load(tmp_path, {"lexical": entry})
+    texts = CLAUSES + ["an unseen clause about arbitration and the laws"]
+    np.testing.assert_allclose(loaded.logits(texts), model.logits(texts), atol=1e-4)  # stored as float32
+    assert loaded.weight == 0.4
+    assert LexicalModel.load(tmp_path, {}) is None  # a card without a lexical side
+    with pytest.raises(ValueError, match="weight must be a number"):
+        LexicalModel.load(tmp_path, {"lexical": {**entry, "weight": 1.5}})
+    (tmp_path / lexical.TERMS_FILE).write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match="must be a JSON list"):
+        LexicalModel.load(tmp_path, {"lexical": entry})
+    (tmp_path / lexical.TERMS_FILE).unlink()
+    with pytest.raises(ValueError, match="lexical_terms.json is missing"):
+        LexicalModel.load(tmp_path, {"lexical": entry})
+
+
+def test_inconsistent_arrays_are_refused():
+    with pytest.raises(ValueError, match="shapes disagree"):
+        LexicalModel(["a", "b"], np.ones(3), np.zeros((1, 3)), np.zeros(1))
+    with pytest.raises(ValueError, match="repeat"):
+        LexicalModel(["a", "a"], np.ones(2), np.zeros((1, 2)), np.zeros(1))
+
+
+def test_blend_is_a_weighted_sum_of_logits():
+    p = np.array([[0.9, 0.1, 0.5]], dtype=np.float32)
+    z = np.array([[-2.0, 3.0, 0.0]])
+    np.testing.assert_allclose(lexical.blend(p, z, 0.0), p, rtol=1e-6)
+    expected = 1 / (1 + np.exp(-(0.6 * np.log(p / (1 - p)) + 0.4 * z)))
+    out = lexical.blend(p, z, 0.4)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    assert np.isfinite(lexical.blend(np.array([[0.0, 1.0, 0.5]]), np.zeros((1, 3)), 0.4)).all()
+    with pytest.raises(ValueError, match="differ in shape"):
+        lexical.blend(p, np.zeros((2, 3)), 0.4)
+
+
+def test_served_and_evaluated_scores_carry_the_blend(trained_model_dir, tokenized_dir, tmp_path):
+    """The fixture model is trained with the default lexical weight: its card names the
+    lexical side, serving blends it in, and dropping it from the card changes the scores
+    by exactly the blend."""
+    from datasets import load_from_disk
+
+    from tosguard.components import calibration
+    from tosguard.components.config import CARD_FILE
+    from tosguard.components.serving.scorer import ClauseScorer
+
+    card = json.loads((trained_model_dir / CARD_FILE).read_text())
+    assert card["lexical"]["weight"] == 0.4 and card["lexical"]["terms"] > 100
+    texts = load_from_disk(str(tokenized_dir))["test"]["text"][:24]
+    served = ClauseScorer(str(trained_model_dir), "fp32")
+    assert served.lexical is not None
+
+    bare = tmp_path / "bare"
+    shutil.copytree(trained_model_dir, bare)
+    card_without = {k: v for k, v in card.items() if k != "lexical"}
+    (bare / CARD_FILE).write_text(json.dumps(card_without))
+    encoder_only = ClauseScorer(str(bare), "fp32")
+    assert encoder_only.lexical is None
+
+    # Undo the calibration on the encoder-only scores, blend, and calibrate again.
+    params = calibration.card_params(card)
+    from tosguard.components.modeling import score_encoded
+
+    ids = served.tokenizer(texts, truncation=True, max_length=served.max_length)["input_ids"]
+    raw = score_encoded(served.classifier, ids, served.tokenizer.pad_token_id)
+    expected = calibration.apply(lexical.blend(raw, served.lexical.logits(texts), 0.4), params)
+    got = served.raw_scores(texts)[:, :-1]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, encoder_only.raw_scores(texts)[:, :-1], atol=1e-3)
+
+
+def test_the_setting_is_validated_and_keys_the_model():
+    from tosguard.components.config import PRESETS, TrainConfig
+
+    assert PRESETS["default"].lexical_weight == 0.4 and PRESETS["quality"].lexical_weight == 0.4
+    for bad in ({"lexical_weight": 1.0}, {"lexical_weight": -0.1}, {"lexical_weight": float("nan")},
+                {"lexical_c": 0}, {"lexical_c": float("nan")}):
+        with pytest.raises(ValueError, match="lexical_"):
+            TrainConfig.from_dict(bad)
+    # A blended model and the encoder alone are different models in the store...
+    assert TrainConfig().key_json() != TrainConfig(lexical_weight=0.0).key_json()
+    # ...and turning the blend off gives the key a model trained before the setting existed had.
+    assert "lexical" not in TrainConfig(lexical_weight=0.0).key_json()
+    assert TrainConfig(lexical_weight=0.3).key_json() != TrainConfig(lexical_weight=0.4).key_json()
