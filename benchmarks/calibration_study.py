@@ -47,7 +47,8 @@ def _raw_scores(model_dir: str, texts: list[str]) -> np.ndarray:
     model, tokenizer, card = load_exported(model_dir)
     ids = tokenizer(texts, truncation=True, max_length=card.get("max_length", 128))["input_ids"]
     scores = score_encoded(model, ids, tokenizer.pad_token_id, 64, 8192)
-    return lexical.apply(scores, lexical.LexicalModel.load(model_dir, card), texts)
+    return lexical.apply_to_clauses(scores, lexical.LexicalModel.load(model_dir, card), tokenizer, texts,
+                                    int(card.get("max_length", 128)))
 
 
 def _macro(gold, scores, thresholds) -> float:

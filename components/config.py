@@ -166,6 +166,8 @@ class TrainConfig:
         setting does not orphan every stored model; `extra` (the teacher's sha256 when
         distilling) joins them."""
         data = {k: v for k, v in asdict(self).items() if not (k in _KEY_NEUTRAL and v == _KEY_NEUTRAL[k])}
+        if not self.lexical_weight:
+            data.pop("lexical_c", None)  # no blend: its regularisation changes nothing
         return json.dumps({**data, **(extra or {})}, sort_keys=True)
 
     @classmethod

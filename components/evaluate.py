@@ -224,7 +224,8 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
     model, tokenizer, card = load_exported(model_dir)
     data = load_from_disk(tokenized_dir)[split]
     raw = score_encoded(model, data["input_ids"], tokenizer.pad_token_id)
-    raw = lexical.apply(raw, lexical.LexicalModel.load(model_dir, card), data["text"])
+    raw = lexical.apply_to_clauses(raw, lexical.LexicalModel.load(model_dir, card), tokenizer, data["text"],
+                                   int(card.get("max_length", 128)))
     params = calibration.card_params(card)
     probabilities = calibration.apply(raw, params)
     gold = np.asarray(data["label_vector"], dtype=np.int64)

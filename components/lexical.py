@@ -28,10 +28,36 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _NEVER = -20.0
 
 
+# LexGLUE's clauses come word-tokenised ("do n't", "company 's"); served text is raw
+# ("don't", "company's"). Both are joined first, so the same clause gives the same terms.
+_SPLIT_CLITIC = re.compile(r"\s+(n't|'s|'re|'ve|'ll|'d|'m)\b")
+
+
 def terms(text: str) -> list[str]:
-    """The lower-cased words of a clause and each pair of neighbouring words."""
-    words = _TOKEN.findall(text.lower())
+    """The lower-cased words of a clause and each pair of neighbouring words (words: two or
+    more word characters, scikit-learn's default pattern, after clitics are rejoined)."""
+    words = _TOKEN.findall(_SPLIT_CLITIC.sub(r"\1", text.lower()))
     return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+
+def visible_texts(texts: Sequence[str], input_ids, offsets, max_length: int) -> list[str]:
+    """Each clause cut to what the encoder saw: where the tokenizer truncated it (as many
+    ids as max_length), up to the end of its last kept token. The lexical side then scores
+    the same text as the encoder, so neutral text padded on past the encoder's window cannot
+    wash a clause out. input_ids, offsets: the tokenizer's output for `texts` (truncation on,
+    return_offsets_mapping)."""
+    cut = []
+    for text, ids, spans in zip(texts, input_ids, offsets):
+        end = max((e for s, e in spans if e > s), default=len(text))
+        cut.append(text[:end] if len(ids) >= max_length else text)
+    return cut
+
+
+def encoder_view(tokenizer, texts: Sequence[str], max_length: int) -> list[str]:
+    """visible_texts for clauses the caller has as strings only (evaluation, training)."""
+    texts = list(texts)
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False, return_offsets_mapping=True)
+    return visible_texts(texts, encoded["input_ids"], encoded["offset_mapping"], max_length)
 
 
 @dataclass
@@ -49,6 +75,10 @@ class LexicalModel:
         self.idf = np.asarray(self.idf, dtype=np.float64)
         self.coef = np.asarray(self.coef, dtype=np.float64)
         self.intercept = np.asarray(self.intercept, dtype=np.float64)
+        if not (np.isfinite(self.idf).all() and np.isfinite(self.coef).all() and np.isfinite(self.intercept).all()):
+            raise ValueError("lexical model arrays hold NaN or infinite values")
+        if (self.idf < 1).any():  # smoothed idf is ln((1 + n) / (1 + df)) + 1 >= 1
+            raise ValueError("lexical model idf values must be >= 1")
         if self.idf.shape != (len(self.vocabulary),) or self.coef.shape[1:] != self.idf.shape:
             raise ValueError(f"lexical model shapes disagree: {len(self.vocabulary)} terms, idf {self.idf.shape}, "
                              f"weights {self.coef.shape}")
@@ -69,8 +99,12 @@ class LexicalModel:
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.shape[0] != len(texts):
             raise ValueError(f"labels must be (clauses, categories) for {len(texts)} clauses, got {labels.shape}")
-        vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=min(min_df, len(texts)), sublinear_tf=True)
-        features = vectorizer.fit_transform(list(texts))
+        vectorizer = TfidfVectorizer(analyzer=terms, min_df=min(min_df, len(texts)), sublinear_tf=True)
+        try:
+            features = vectorizer.fit_transform(list(texts))
+        except ValueError as exc:  # no words at all, or none in min_df clauses
+            raise ValueError(f"the lexical side cannot be fit on these {len(texts)} train clauses ({exc}); "
+                             "train with lexical_weight=0 to use the encoder alone") from None
         vocabulary = [term for term, _ in sorted(vectorizer.vocabulary_.items(), key=lambda item: item[1])]
         coef = np.zeros((labels.shape[1], len(vocabulary)))
         intercept = np.full(labels.shape[1], _NEVER)
@@ -120,35 +154,56 @@ class LexicalModel:
 
     @classmethod
     def load(cls, folder: str | Path, card: dict) -> "LexicalModel | None":
-        """The model's lexical side, or None when its card has none (a model without it)."""
-        entry = card.get("lexical")
-        if not entry:
+        """The model's lexical side, or None when its card has no `lexical` entry (a model
+        trained without one). Anything unusable is a ValueError naming the folder, here at
+        load time rather than at the first request."""
+        if "lexical" not in card:
             return None
-        from safetensors.numpy import load_file
-
         folder = Path(folder)
+        entry = card["lexical"]
+        categories = len(card.get("categories") or ())
         try:
-            arrays = load_file(str(folder / WEIGHTS_FILE))
+            if not isinstance(entry, dict):
+                raise ValueError(f"the card's lexical entry must be an object (got {entry!r})")
+            weight = entry.get("weight")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < 1:
+                raise ValueError(f"its weight must be a number in [0, 1) (got {weight!r})")
+            if entry.get("blend", "logit") != "logit":
+                raise ValueError(f"unknown blend {entry.get('blend')!r} (this version blends logits)")
+            for name in (WEIGHTS_FILE, TERMS_FILE):
+                if not (folder / name).is_file():
+                    raise ValueError(f"{name} is missing")
+            arrays = _read_arrays(folder / WEIGHTS_FILE)
             vocabulary = json.loads((folder / TERMS_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ValueError(f"the model card names a lexical side but {Path(exc.filename).name} is missing") from None
-        weight = entry.get("weight") if isinstance(entry, dict) else None
-        problems = []
-        if not isinstance(weight, (int, float)) or not 0 <= weight < 1:
-            problems.append(f"its weight must be a number in [0, 1) (got {weight!r})")
-        if not isinstance(vocabulary, list) or not all(isinstance(t, str) for t in vocabulary):
-            problems.append(f"{TERMS_FILE} must be a JSON list of terms")
-        missing = {"idf", "coef", "intercept"} - set(arrays)
-        if missing:
-            problems.append(f"{WEIGHTS_FILE} lacks {sorted(missing)}")
-        if problems:
-            raise ValueError(f"the lexical side in {folder} is not usable: " + "; ".join(problems))
-        return cls(vocabulary, arrays["idf"], arrays["coef"], arrays["intercept"], float(weight))
+            if not isinstance(vocabulary, list) or not all(isinstance(t, str) for t in vocabulary):
+                raise ValueError(f"{TERMS_FILE} must be a JSON list of terms")
+            if entry.get("terms", len(vocabulary)) != len(vocabulary):
+                raise ValueError(f"the card counts {entry.get('terms')} terms, {TERMS_FILE} holds {len(vocabulary)}")
+            model = cls(vocabulary, arrays["idf"], arrays["coef"], arrays["intercept"], float(weight))
+            if categories and model.coef.shape[0] != categories:
+                raise ValueError(f"it has weights for {model.coef.shape[0]} categories, the card names {categories}")
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the lexical side in {folder} is not usable: {exc}") from None
+        return model
 
     def blend(self, probabilities: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """The transformer's sigmoid scores blended with this model's: in logit space,
         (1 - weight) x transformer + weight x lexical."""
         return blend(probabilities, self.logits(texts), self.weight)
+
+
+def _read_arrays(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        arrays = load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{path.name} cannot be read ({exc})") from None
+    missing = {"idf", "coef", "intercept"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path.name} lacks {sorted(missing)}")
+    return arrays
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -161,10 +216,21 @@ def blend(probabilities: np.ndarray, lexical_logits: np.ndarray, weight: float) 
     probabilities = np.asarray(probabilities)
     if probabilities.shape != np.shape(lexical_logits):
         raise ValueError(f"scores {probabilities.shape} and lexical logits {np.shape(lexical_logits)} differ in shape")
+    from scipy.special import expit
+
     z = (1.0 - weight) * _logit(probabilities) + weight * np.asarray(lexical_logits, dtype=np.float64)
-    return (1.0 / (1.0 + np.exp(-z))).astype(probabilities.dtype if probabilities.dtype.kind == "f" else np.float64)
+    return expit(z).astype(probabilities.dtype if probabilities.dtype.kind == "f" else np.float64)
 
 
 def apply(probabilities: np.ndarray, model: "LexicalModel | None", texts: Sequence[str]) -> np.ndarray:
-    """The blend where the model has a lexical side; the scores unchanged where not."""
+    """The blend where the model has a lexical side; the scores unchanged where not.
+    texts: the clauses as the encoder saw them (visible_texts / encoder_view)."""
     return probabilities if model is None or not model.weight else model.blend(probabilities, texts)
+
+
+def apply_to_clauses(probabilities: np.ndarray, model: "LexicalModel | None", tokenizer, texts: Sequence[str],
+                     max_length: int) -> np.ndarray:
+    """apply() for whole clauses: cut to the encoder's view first."""
+    if model is None or not model.weight:
+        return probabilities
+    return model.blend(probabilities, encoder_view(tokenizer, texts, max_length))

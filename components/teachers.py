@@ -144,11 +144,12 @@ def teach(model: str, store: str, data_hash: str, name: str, precision: str = "f
     scorer = ClauseScorer(str(storage.fetch_folder(model)), precision)
     # The teacher's raw sigmoid scores: what it learned, before calibration for serving.
     encoded = scorer.tokenizer(texts, truncation=True, max_length=scorer.max_length, padding=False)["input_ids"]
-    from tosguard.components import lexical
     from tosguard.components.modeling import score_encoded
 
+    # The encoder's scores alone, also for a model that blends a lexical side: that side was
+    # fit on this same train split and all but memorises its labels, so blending it in
+    # would hand the student the gold labels back instead of the teacher's judgement.
     scores = score_encoded(scorer.classifier, encoded, scorer.tokenizer.pad_token_id, 64, 8192)
-    scores = lexical.apply(scores, scorer.lexical, texts)  # the whole model's scores, where it blends
     info = {"model": model, "base_model": scorer.card.get("base_model"), "seconds": round(time.time() - started, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     uri = save(store, data_hash, name, scores, info)

@@ -40,6 +40,31 @@ def test_features_match_scikit_learns_tfidf_transform():
     assert model.features(["", "qqq zzz"]).nnz == 0  # nothing known: an empty row, not a NaN
 
 
+def test_word_tokenised_and_raw_text_give_the_same_terms():
+    """LexGLUE's clauses are word-tokenised, served text is raw: the terms must agree."""
+    assert lexical.terms("You do n't own the company 's content") == lexical.terms("You don't own the company's content")
+    assert lexical.terms("We 're not liable , and we 'll decide .") == lexical.terms("We're not liable, and we'll decide.")
+
+
+def test_the_lexical_side_sees_what_the_encoder_saw():
+    """Neutral text padded on past the encoder's window is cut before the lexical side
+    scores the clause, so it cannot wash the clause out."""
+    from tosguard.components.config import DEFAULT_BASE_MODEL
+    from tosguard.components.modeling import load_tokenizer, resolve_base_model
+
+    tokenizer = load_tokenizer(resolve_base_model(DEFAULT_BASE_MODEL))
+    clause = "We may terminate your account at any time without notice."
+    padded = clause + " The service is provided in English and French." * 300
+    short, cut = lexical.encoder_view(tokenizer, [clause, padded], 128)
+    assert short == clause
+    assert padded.startswith(cut) and len(tokenizer(cut)["input_ids"]) == 128 and len(cut) < len(padded) / 20
+    model = LexicalModel.fit(CLAUSES, LABELS, c=100.0)
+    alone, seen, whole = model.logits([clause, cut, padded])[:, 1]
+    # The whole padded text pushes the termination logit down to the intercept; the cut
+    # text (the clause and about ten neutral sentences) keeps a good part of it.
+    assert alone > seen > whole + 1 and whole == pytest.approx(model.logits([""])[0, 1], abs=0.5)
+
+
 def test_it_learns_the_categories_and_a_category_without_positives_never_fires():
     model = LexicalModel.fit(CLAUSES, LABELS, c=100.0)
     logits = model.logits(["We may terminate your account without notice.", "Governed by the laws of California."])
@@ -64,6 +89,42 @@ def test_save_and_load_give_the_same_logits(tmp_path):
     (tmp_path / lexical.TERMS_FILE).unlink()
     with pytest.raises(ValueError, match="lexical_terms.json is missing"):
         LexicalModel.load(tmp_path, {"lexical": entry})
+
+
+def test_unusable_lexical_files_fail_at_load_and_say_where(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model = LexicalModel.fit(CLAUSES, LABELS, c=100.0, weight=0.4)
+    entry = model.save(tmp_path)
+    card = {"categories": ["a", "b", "c"], "lexical": entry}
+    assert LexicalModel.load(tmp_path, card) is not None
+    arrays = load_file(str(tmp_path / lexical.WEIGHTS_FILE))
+    cases = {
+        "must be an object": ({**card, "lexical": None}, None),
+        "unknown blend": ({**card, "lexical": {**entry, "blend": "probability"}}, None),
+        "weight must be a number": ({**card, "lexical": {**entry, "weight": True}}, None),
+        "counts 5 terms": ({**card, "lexical": {**entry, "terms": 5}}, None),
+        "names 4": ({**card, "categories": ["a", "b", "c", "d"]}, None),
+        "NaN or infinite": (card, {**arrays, "coef": np.full_like(arrays["coef"], np.nan)}),
+        "idf values must be >= 1": (card, {**arrays, "idf": -arrays["idf"]}),
+        "lacks ['intercept']": (card, {"idf": arrays["idf"], "coef": arrays["coef"]}),
+    }
+    for message, (bad_card, bad_arrays) in cases.items():
+        save_file(bad_arrays or arrays, str(tmp_path / lexical.WEIGHTS_FILE))
+        with pytest.raises(ValueError, match="not usable") as caught:
+            LexicalModel.load(tmp_path, bad_card)
+        assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+    (tmp_path / lexical.WEIGHTS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ValueError, match="cannot be read"):
+        LexicalModel.load(tmp_path, card)
+    (tmp_path / lexical.WEIGHTS_FILE).unlink()
+    with pytest.raises(ValueError, match="lexical.safetensors is missing"):
+        LexicalModel.load(tmp_path, card)
+
+
+def test_a_train_split_with_no_usable_words_says_what_to_do():
+    with pytest.raises(ValueError, match="lexical_weight=0"):
+        LexicalModel.fit(["!!", "?", "a b"], np.zeros((3, 2)))
 
 
 def test_inconsistent_arrays_are_refused():
@@ -99,6 +160,7 @@ def test_served_and_evaluated_scores_carry_the_blend(trained_model_dir, tokenize
     card = json.loads((trained_model_dir / CARD_FILE).read_text())
     assert card["lexical"]["weight"] == 0.4 and card["lexical"]["terms"] > 100
     texts = load_from_disk(str(tokenized_dir))["test"]["text"][:24]
+    texts.append("We may terminate your account at any time." + " The service is offered in English." * 200)
     served = ClauseScorer(str(trained_model_dir), "fp32")
     assert served.lexical is not None
 
@@ -115,7 +177,9 @@ def test_served_and_evaluated_scores_carry_the_blend(trained_model_dir, tokenize
 
     ids = served.tokenizer(texts, truncation=True, max_length=served.max_length)["input_ids"]
     raw = score_encoded(served.classifier, ids, served.tokenizer.pad_token_id)
-    expected = calibration.apply(lexical.blend(raw, served.lexical.logits(texts), 0.4), params)
+    seen = lexical.encoder_view(served.tokenizer, texts, served.max_length)
+    assert seen[-1] != texts[-1] and texts[-1].startswith(seen[-1])
+    expected = calibration.apply(lexical.blend(raw, served.lexical.logits(seen), 0.4), params)
     got = served.raw_scores(texts)[:, :-1]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert not np.allclose(got, encoder_only.raw_scores(texts)[:, :-1], atol=1e-3)
@@ -134,3 +198,4 @@ def test_the_setting_is_validated_and_keys_the_model():
     # ...and turning the blend off gives the key a model trained before the setting existed had.
     assert "lexical" not in TrainConfig(lexical_weight=0.0).key_json()
     assert TrainConfig(lexical_weight=0.3).key_json() != TrainConfig(lexical_weight=0.4).key_json()
+    assert TrainConfig(lexical_weight=0.0, lexical_c=10).key_json() == TrainConfig(lexical_weight=0.0).key_json()

@@ -70,10 +70,13 @@ class ClauseScorer:
 
     def raw_scores(self, clauses: list[str]) -> np.ndarray:
         """(clauses, categories + 1): calibrated scores, and a last column flagging truncation."""
-        encoded = self.tokenizer(clauses, truncation=True, max_length=self.max_length, padding=False)
+        encoded = self.tokenizer(clauses, truncation=True, max_length=self.max_length, padding=False,
+                                 return_offsets_mapping=self.lexical is not None)
         ids = encoded["input_ids"]
         scores = score_encoded(self.classifier, ids, self.tokenizer.pad_token_id, BATCH_SIZE, BATCH_TOKENS, PAD_MULTIPLE)
-        scores = lexical.apply(scores, self.lexical, clauses)
+        if self.lexical is not None:  # on the text the encoder saw
+            seen = lexical.visible_texts(clauses, ids, encoded["offset_mapping"], self.max_length)
+            scores = lexical.apply(scores, self.lexical, seen)
         scores = calibration.apply(scores, self.calibration)
         truncated = np.asarray([len(row) >= self.max_length for row in ids], dtype=np.float32)[:, None]
         return np.concatenate([scores.astype(np.float32), truncated], axis=1)
