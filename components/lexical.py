@@ -117,6 +117,29 @@ class LexicalModel:
             coef[k], intercept[k] = regression.coef_[0], regression.intercept_[0]
         return cls(vocabulary, vectorizer.idf_, coef, intercept, weight)
 
+    @classmethod
+    def cross_fit(cls, texts: Sequence[str], labels: np.ndarray, held_texts: Sequence[str], held_labels: np.ndarray,
+                  c: float = 256.0, weight: float = 0.0, folds: int = 5, seed: int = 0) -> tuple["LexicalModel", np.ndarray]:
+        """Refit on `texts` and `held_texts` together (the train and validation clauses), and
+        score each held-out clause out of fold: `folds` models, each fit on all of `texts` and
+        the other folds of `held_texts`. Returns (the model fit on everything, the held-out
+        clauses' out-of-fold logits); what is calibrated on those logits was never fit on
+        the clause it scores."""
+        texts, held_texts = list(texts), list(held_texts)
+        labels, held_labels = np.asarray(labels), np.asarray(held_labels)
+        if held_labels.shape != (len(held_texts), labels.shape[1] if labels.ndim == 2 else -1):
+            raise ValueError(f"held-out labels must be ({len(held_texts)}, categories), got {held_labels.shape}")
+        if not 2 <= folds <= len(held_texts):
+            raise ValueError(f"folds must be between 2 and the {len(held_texts)} held-out clauses (got {folds})")
+        fold = np.random.default_rng(seed).permutation(len(held_texts)) % folds
+        out_of_fold = np.zeros(held_labels.shape, dtype=np.float64)
+        for k in range(folds):
+            inside = np.flatnonzero(fold != k)
+            model = cls.fit(texts + [held_texts[i] for i in inside], np.concatenate([labels, held_labels[inside]]),
+                            c, weight)
+            out_of_fold[fold == k] = model.logits([held_texts[i] for i in np.flatnonzero(fold == k)])
+        return cls.fit(texts + held_texts, np.concatenate([labels, held_labels]), c, weight), out_of_fold
+
     def features(self, texts: Sequence[str]):
         """Sublinear-tf x idf rows, L2-normalised (scikit-learn's TfidfVectorizer transform)."""
         from scipy.sparse import csr_matrix
@@ -141,8 +164,9 @@ class LexicalModel:
         """(clauses, categories) logits of the per-category logistic regressions."""
         return np.asarray(self.features(texts) @ self.coef.T) + self.intercept[None, :]
 
-    def save(self, folder: str | Path) -> dict:
-        """Write the arrays and terms into `folder`; returns the card entry that names them."""
+    def save(self, folder: str | Path, fit_on: str = "train") -> dict:
+        """Write the arrays and terms into `folder`; returns the card entry that names them
+        (fit_on: the splits it was fit on, for the card)."""
         from safetensors.numpy import save_file
 
         folder = Path(folder)
@@ -150,7 +174,7 @@ class LexicalModel:
                    "intercept": self.intercept.astype(np.float32)}, str(folder / WEIGHTS_FILE))
         (folder / TERMS_FILE).write_text(json.dumps(self.vocabulary, ensure_ascii=False))
         return {"weight": self.weight, "features": "tf-idf word 1-2-grams", "terms": len(self.vocabulary),
-                "blend": "logit"}
+                "blend": "logit", "fit_on": fit_on}
 
     @classmethod
     def load(cls, folder: str | Path, card: dict) -> "LexicalModel | None":

@@ -145,7 +145,8 @@ def _lexical_line(entry: dict | None) -> str:
     if not entry:
         return "none (the encoder alone)"
     return (f"{entry.get('features', 'tf-idf')} over {entry.get('terms', '?')} terms, one logistic regression per "
-            f"category, blended with the encoder in logit space at weight {entry.get('weight')}")
+            f"category, fit on {str(entry.get('fit_on', 'train')).replace('+', ' and ')}, blended with the encoder "
+            f"in logit space at weight {entry.get('weight')}")
 
 
 def model_card(info: dict) -> str:

@@ -199,3 +199,70 @@ def test_the_setting_is_validated_and_keys_the_model():
     assert "lexical" not in TrainConfig(lexical_weight=0.0).key_json()
     assert TrainConfig(lexical_weight=0.3).key_json() != TrainConfig(lexical_weight=0.4).key_json()
     assert TrainConfig(lexical_weight=0.0, lexical_c=10).key_json() == TrainConfig(lexical_weight=0.0).key_json()
+    # Refitting on validation is another model; with no blend it changes nothing.
+    assert TrainConfig().key_json() != TrainConfig(lexical_refit=False).key_json()
+    assert TrainConfig(lexical_weight=0.0, lexical_refit=False).key_json() == TrainConfig(lexical_weight=0.0).key_json()
+    assert "lexical_refit" not in TrainConfig(lexical_refit=False).key_json()
+
+
+def test_cross_fit_scores_each_held_clause_with_a_side_that_never_saw_it():
+    """The refit: the returned model is the fit on train and held-out clauses together, and
+    each held-out clause's logits come from a fit on train and the other folds only (so a
+    clause's own label cannot leak into the scores calibration is fit on)."""
+    held = ["We may terminate your account without notice at our discretion.",
+            "These Terms are governed by the laws of Ireland.",
+            "We may suspend your access at any time.",
+            "The laws of Germany govern these Terms.",
+            "Please read these Terms carefully."]
+    held_labels = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    model, out_of_fold = LexicalModel.cross_fit(CLAUSES, LABELS, held, held_labels, c=10.0, weight=0.4, folds=5, seed=3)
+    everything = LexicalModel.fit(CLAUSES + held, np.concatenate([LABELS, held_labels]), c=10.0, weight=0.4)
+    assert model.vocabulary == everything.vocabulary and model.weight == 0.4
+    np.testing.assert_allclose(model.coef, everything.coef)
+    # Five folds of five clauses: each clause is its own fold.
+    for i in range(len(held)):
+        others = [j for j in range(len(held)) if j != i]
+        without = LexicalModel.fit(CLAUSES + [held[j] for j in others],
+                                   np.concatenate([LABELS, held_labels[others]]), c=10.0)
+        np.testing.assert_allclose(out_of_fold[i], without.logits([held[i]])[0], atol=1e-9)
+    # In-sample logits are more confident about the held clauses' own labels than out-of-fold ones.
+    in_sample = model.logits(held)
+    sign = np.where(held_labels > 0, 1.0, -1.0)
+    assert (sign * in_sample).sum() > (sign * out_of_fold).sum()
+    with pytest.raises(ValueError, match="folds"):
+        LexicalModel.cross_fit(CLAUSES, LABELS, held[:1], held_labels[:1], folds=2)
+    with pytest.raises(ValueError, match="held-out labels"):
+        LexicalModel.cross_fit(CLAUSES, LABELS, held, held_labels[:, :2])
+
+
+def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(trained_model_dir, tokenized_dir):
+    """Training with lexical_refit (the default): the exported side is the fit on train and
+    validation, and the card's calibration is what fitting on the encoder's validation scores
+    blended with out-of-fold lexical logits gives, not the in-sample ones."""
+    from datasets import load_from_disk
+
+    from tosguard.components import calibration
+    from tosguard.components.config import CARD_FILE, TrainConfig
+    from tosguard.components.modeling import load_exported, score_encoded
+
+    assert TrainConfig().lexical_refit
+    card = json.loads((trained_model_dir / CARD_FILE).read_text())
+    assert card["lexical"]["fit_on"] == "train+validation"
+    assert card["calibration"]["lexical_scores"] == "out of fold" and 0 <= card["val_macro_f1_out_of_fold"] <= 100
+    data = load_from_disk(str(tokenized_dir))
+    model, tokenizer, _ = load_exported(str(trained_model_dir))
+    train_seen = lexical.encoder_view(tokenizer, data["train"]["text"], 128)
+    val_seen = lexical.encoder_view(tokenizer, data["validation"]["text"], 128)
+    train_gold = np.asarray(data["train"]["label_vector"], dtype=np.float32)
+    val_gold = np.asarray(data["validation"]["label_vector"], dtype=np.int64)
+    refit, out_of_fold = LexicalModel.cross_fit(train_seen, train_gold, val_seen, val_gold, 256.0, 0.4,
+                                                folds=min(5, len(val_seen)), seed=42)
+    stored = LexicalModel.load(trained_model_dir, card)
+    assert stored.vocabulary == refit.vocabulary
+    np.testing.assert_allclose(stored.coef, refit.coef, atol=1e-4)
+
+    encoder = score_encoded(model, data["validation"]["input_ids"], tokenizer.pad_token_id)
+    honest = calibration.fit(lexical.blend(encoder, out_of_fold, 0.4), val_gold)["calibration"]["params"]
+    leaky = calibration.fit(lexical.blend(encoder, refit.logits(val_seen), 0.4), val_gold)["calibration"]["params"]
+    np.testing.assert_allclose(card["calibration"]["params"], honest, atol=1e-3)
+    assert not np.allclose(card["calibration"]["params"], leaky, atol=1e-2)

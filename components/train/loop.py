@@ -198,17 +198,35 @@ def _fit_lexical(config: TrainConfig, train_ds, labels: np.ndarray, val_ds, toke
     return side, val_logits
 
 
-def _validate(s: Setup) -> tuple[dict, np.ndarray, dict | None]:
+def _validate(s: Setup) -> tuple[dict, np.ndarray, dict | None, np.ndarray]:
     """Validation LexGLUE scores at the configured threshold and the scores they came from
-    (blended with the lexical side where there is one), and the encoder's own scores."""
-    scores = score_encoded(s.model, s.val_ds["input_ids"], s.tokenizer.pad_token_id)
+    (blended with the lexical side where there is one), the encoder's own LexGLUE scores
+    (None without a lexical side), and the encoder's own sigmoid scores."""
+    encoder = score_encoded(s.model, s.val_ds["input_ids"], s.tokenizer.pad_token_id)
     gold = np.asarray(s.val_ds["label_vector"], dtype=np.int64)
     thresholds = [s.config.threshold] * len(CATEGORIES)
-    encoder_only = None
+    encoder_only, scores = None, encoder
     if s.lexical is not None:
-        encoder_only = lexglue_scores(gold, predict_from_probabilities(scores, thresholds))
-        scores = lexical.blend(scores, s.val_lexical, s.lexical.weight)
-    return lexglue_scores(gold, predict_from_probabilities(scores, thresholds)), scores, encoder_only
+        encoder_only = lexglue_scores(gold, predict_from_probabilities(encoder, thresholds))
+        scores = lexical.blend(encoder, s.val_lexical, s.lexical.weight)
+    return lexglue_scores(gold, predict_from_probabilities(scores, thresholds)), scores, encoder_only, encoder
+
+
+def _refit_lexical(s: Setup, encoder_val: np.ndarray, val_gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """lexical_refit: the lexical side fit again on the train and validation clauses (the
+    one exported), and the validation scores calibration is fit on: the encoder's blended
+    with out-of-fold lexical logits, so no clause is scored by a side that was fit on it.
+    Returns (those blended scores, the out-of-fold logits)."""
+    started = time.time()
+    config = s.config
+    seen_train = lexical.encoder_view(s.tokenizer, s.train_ds["text"], config.max_length)
+    seen_val = lexical.encoder_view(s.tokenizer, s.val_ds["text"], config.max_length)
+    s.lexical, out_of_fold = lexical.LexicalModel.cross_fit(
+        seen_train, s.labels, seen_val, val_gold, config.lexical_c, config.lexical_weight,
+        folds=min(5, len(seen_val)), seed=config.seed)
+    log.info("lexical: refit on %d train + %d validation clauses (%d terms) and scored out of fold in %.1f s",
+             len(seen_train), len(seen_val), len(s.lexical.vocabulary), time.time() - started)
+    return lexical.blend(encoder_val, out_of_fold, s.lexical.weight), out_of_fold
 
 
 class _Ticker:
@@ -305,7 +323,7 @@ def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
     so the encoder trains and stops exactly as it would alone; the blend's validation
     scores are what calibration is fit on and what is reported. (Choosing on the blend
     stopped one seed at epoch 2, where the encoder alone was 4 points weaker on test.)"""
-    val, val_scores, encoder_only = _validate(s)
+    val, val_scores, encoder_only, encoder_scores = _validate(s)
     chosen_by = encoder_only or val
     record = {"epoch": p.epoch, "step": p.step, "train_loss": p.running / max(p.seen, 1),
               "val_micro_f1": val["micro_f1"], "val_macro_f1": val["macro_f1"]}
@@ -320,17 +338,20 @@ def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
                             "epoch_train_loss": record["train_loss"]}, step=p.step)
     if chosen_by["macro_f1"] > p.best.get("chosen_by", p.best["macro_f1"]):
         p.best = {"macro_f1": val["macro_f1"], "chosen_by": chosen_by["macro_f1"], "epoch": p.epoch,
-                  "state": checkpoint.trainable_state(s.model), "val_scores": val_scores.tolist()}
+                  "state": checkpoint.trainable_state(s.model), "val_scores": val_scores.tolist(),
+                  "val_encoder": encoder_scores.tolist()}
         p.stale = 0
     else:
         p.stale += 1
     return p.step >= s.total_steps or bool(s.config.patience and p.stale >= s.config.patience)
 
 
-def _refit_on_export(output_dir: str, val_ds, val_gold: np.ndarray, threshold: float) -> None:
+def _refit_on_export(output_dir: str, val_ds, val_gold: np.ndarray, threshold: float,
+                     val_lexical: np.ndarray | None) -> None:
     """QLoRA trains on a 4-bit base, but the export merges the adapter into the full-precision
     base, whose scores differ: fit the calibration and profiles again on the exported
-    model's own validation scores, so what is served is what was fit."""
+    model's own validation scores, so what is served is what was fit. val_lexical: the
+    lexical logits calibration was fit with (out of fold after a refit), or None."""
     import json
 
     from tosguard.components.config import CARD_FILE
@@ -338,8 +359,8 @@ def _refit_on_export(output_dir: str, val_ds, val_gold: np.ndarray, threshold: f
 
     model, tokenizer, card = load_exported(output_dir)
     scores = score_encoded(model, val_ds["input_ids"], tokenizer.pad_token_id)
-    scores = lexical.apply_to_clauses(scores, lexical.LexicalModel.load(output_dir, card), tokenizer, val_ds["text"],
-                                      int(card.get("max_length", 128)))
+    if val_lexical is not None and card.get("lexical"):
+        scores = lexical.blend(scores, val_lexical, float(card["lexical"]["weight"]))
     card.update(calibration.fit(scores, val_gold, threshold))
     (Path(output_dir) / CARD_FILE).write_text(json.dumps(card, indent=2))
 
@@ -406,23 +427,36 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     checkpoint.load_trainable(s.model, p.best["state"])  # the best validation epoch
     # Calibration and decision profiles from the best epoch's validation scores (calibration.py).
     val_gold = np.asarray(s.val_ds["label_vector"], dtype=np.int64)
-    best_scores = p.best.get("val_scores")  # a checkpoint from before calibration has none
-    best_scores = np.asarray(best_scores) if best_scores is not None else _validate(s)[1]
+    best_scores, best_encoder = p.best.get("val_scores"), p.best.get("val_encoder")
+    if best_scores is None or best_encoder is None:  # a checkpoint from before they were kept
+        _, best_scores, _, best_encoder = _validate(s)
+    best_scores, val_lexical = np.asarray(best_scores), s.val_lexical
+    fit_on, out_of_fold_macro = "train", None
+    if s.lexical is not None and config.lexical_refit and len(s.val_ds) >= 2:
+        best_scores, val_lexical = _refit_lexical(s, np.asarray(best_encoder), val_gold)
+        fit_on = "train+validation"
+        out_of_fold_macro = lexglue_scores(
+            val_gold, predict_from_probabilities(best_scores, [config.threshold] * len(CATEGORIES)))["macro_f1"]
+        log.info("validation macro-F1 with the refit side, out of fold: %.1f", out_of_fold_macro)
     fitted = calibration.fit(best_scores, val_gold, config.threshold)
+    if fit_on != "train":
+        fitted["calibration"]["lexical_scores"] = "out of fold"
     card = {
         "categories": list(CATEGORIES),
         "base_model": config.base_model, "method": config.method, "max_length": config.max_length,
         "pooling": "mean", "best_epoch": p.best["epoch"], "val_macro_f1": p.best["macro_f1"], **fitted,
     }
+    if out_of_fold_macro is not None:
+        card["val_macro_f1_out_of_fold"] = out_of_fold_macro
     if config.method != "qlora":
         s.model.cpu()
     if s.rank == 0:
         if s.lexical is not None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
-            card["lexical"] = s.lexical.save(output_dir)
+            card["lexical"] = s.lexical.save(output_dir, fit_on)
         export(s.model, s.base_path, config.method, s.tokenizer, output_dir, card)
         if config.method == "qlora":
-            _refit_on_export(output_dir, s.val_ds, val_gold, config.threshold)
+            _refit_on_export(output_dir, s.val_ds, val_gold, config.threshold, val_lexical)
         checkpoint.remove(ckpt_uri)  # finished and exported: the checkpoint has done its job
     if s.world > 1:
         import torch.distributed as dist
@@ -430,11 +464,12 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
         dist.barrier()
     if mlflow:
         mlflow.log_metrics({"best_val_macro_f1": p.best["macro_f1"], "best_epoch": p.best["epoch"],
-                            "train_seconds": train_seconds})
+                            "train_seconds": train_seconds,
+                            **({"val_macro_f1_out_of_fold": out_of_fold_macro} if out_of_fold_macro is not None else {})})
     log.info("train: best epoch %d (validation macro-F1 %.1f) in %.0f s", p.best["epoch"], p.best["macro_f1"],
              train_seconds)
     return {
         "best_epoch": p.best["epoch"], "best_val_macro_f1": p.best["macro_f1"], "steps": p.step,
         "resumed_from_step": resumed_from, "train_seconds": train_seconds, "history": p.history,
-        "trainable_parameters": trainable, "world_size": s.world,
+        "trainable_parameters": trainable, "world_size": s.world, "val_macro_f1_out_of_fold": out_of_fold_macro,
     }
