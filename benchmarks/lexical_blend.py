@@ -11,6 +11,11 @@ to the encoder's view, which moved the chosen row's means by 0.1 or less (valida
 
     .venv/bin/python benchmarks/lexical_blend.py --models DIR [DIR ...] [--cache DIR]
         [--features words12,words13,words12+chars25] [--c 64,256,1024] [--weights 0.2,0.3,0.4]
+        [--refit]
+
+--refit adds, per row, what `lexical_refit` ships: the side fit again on train + validation,
+its validation score out of fold (5 folds, each scored by a side fit on train and the other
+folds) and its test score.
 """
 from __future__ import annotations
 
@@ -74,6 +79,17 @@ def _lexical_logits(name: str, c: float, train, others: list) -> list:
     return logits
 
 
+def _out_of_fold(name: str, c: float, train, val, folds: int = 5, seed: int = 42) -> np.ndarray:
+    """Validation logits, each fold's from a side fit on train and the other folds."""
+    fold = np.random.default_rng(seed).permutation(len(val[0])) % folds
+    out = np.zeros(val[1].shape)
+    for k in range(folds):
+        inside, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        fit_on = (train[0] + [val[0][i] for i in inside], np.concatenate([train[1], val[1][inside]]))
+        (out[held],) = _lexical_logits(name, c, fit_on, [[val[0][i] for i in held]])
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True, help="exported model folders")
@@ -81,6 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--features", default="words12,words13,chars25,words12+chars25")
     parser.add_argument("--c", default="64,256,1024")
     parser.add_argument("--weights", default="0.2,0.3,0.4")
+    parser.add_argument("--refit", action="store_true", help="also the side refit on train + validation")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.features.split(",")) - set(FEATURES))
     if unknown:
@@ -105,12 +122,23 @@ def main(argv=None) -> int:
     for name in args.features.split(","):
         for c in (float(x) for x in args.c.split(",")):
             z_val, z_test = _lexical_logits(name, c, train, [val[0], test[0]])
+            if args.refit:
+                both = (train[0] + val[0], np.concatenate([train[1], val[1]]))
+                (z_refit,) = _lexical_logits(name, c, both, [test[0]])
+                z_oof = _out_of_fold(name, c, train, val)
             cells = []
             for weight in (float(x) for x in args.weights.split(",")):
                 v = statistics.mean(macro(val[1], blend(e["validation"], z_val, weight)) for e in encoders)
                 t = statistics.mean(macro(test[1], blend(e["test"], z_test, weight)) for e in encoders)
-                rows.append({"features": name, "c": c, "weight": weight, "validation": v, "test": t})
+                row = {"features": name, "c": c, "weight": weight, "validation": v, "test": t}
                 cells.append(f"w {weight}: {v:.1f} / {t:.1f}")
+                if args.refit:
+                    tests = [macro(test[1], blend(e["test"], z_refit, weight)) for e in encoders]
+                    row.update(refit_validation_out_of_fold=statistics.mean(
+                        macro(val[1], blend(e["validation"], z_oof, weight)) for e in encoders),
+                        refit_test=statistics.mean(tests), refit_test_sd=statistics.stdev(tests) if len(tests) > 1 else 0.0)
+                    cells[-1] += f" (refit {row['refit_validation_out_of_fold']:.1f} / {row['refit_test']:.1f})"
+                rows.append(row)
             print(f"{name:16s} C {c:<6g} " + " | ".join(cells), flush=True)
     best = max(rows, key=lambda r: r["validation"])
     print(f"best on validation: {best['features']}, C {best['c']:g}, weight {best['weight']} "
