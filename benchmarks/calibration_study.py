@@ -38,17 +38,28 @@ def _split(name: str, data: Path) -> tuple[list[str], np.ndarray]:
     return [r["text"] for r in rows], np.asarray([multi_hot(r["labels"]) for r in rows], dtype=np.int64)
 
 
-def _raw_scores(model_dir: str, texts: list[str]) -> np.ndarray:
+def _raw_scores(model_dir: str, texts: list[str], out_of_fold: tuple | None = None) -> np.ndarray:
     """The model's scores before calibration: the encoder's, blended with its lexical side
-    where it has one (what calibration is fit on at training time)."""
+    where it has one (what calibration is fit on at training time). out_of_fold: for the
+    validation split, (train texts, train gold, validation gold): a side refit on train +
+    validation (`lexical_refit`) saw these clauses, so they are scored out of fold, as
+    training calibrated them (the card keeps the folds and their seed)."""
     from tosguard.components import lexical
     from tosguard.components.modeling import load_exported, score_encoded
 
     model, tokenizer, card = load_exported(model_dir)
-    ids = tokenizer(texts, truncation=True, max_length=card.get("max_length", 128))["input_ids"]
+    max_length = int(card.get("max_length", 128))
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     scores = score_encoded(model, ids, tokenizer.pad_token_id, 64, 8192)
-    return lexical.apply_to_clauses(scores, lexical.LexicalModel.load(model_dir, card), tokenizer, texts,
-                                    int(card.get("max_length", 128)))
+    entry = card.get("lexical") or {}
+    if out_of_fold is not None and entry.get("fit_on", "train") != "train":
+        train_text, train_gold, gold = out_of_fold
+        _, logits = lexical.LexicalModel.cross_fit(
+            lexical.encoder_view(tokenizer, train_text, max_length), train_gold,
+            lexical.encoder_view(tokenizer, texts, max_length), gold, float(entry["c"]), float(entry["weight"]),
+            folds=int(entry["folds"]), seed=int(entry["fold_seed"]))
+        return lexical.blend(scores, logits, float(entry["weight"]))
+    return lexical.apply_to_clauses(scores, lexical.LexicalModel.load(model_dir, card), tokenizer, texts, max_length)
 
 
 def _macro(gold, scores, thresholds) -> float:
@@ -64,7 +75,9 @@ def _per_category_f1(gold_k, found_k) -> float:
 def study(model_dir: str, data: Path) -> dict:
     started = time.time()
     (val_text, val_gold), (test_text, test_gold) = _split("validation", data), _split("test", data)
-    val, test = _raw_scores(model_dir, val_text), _raw_scores(model_dir, test_text)
+    train_text, train_gold = _split("train", data)
+    val = _raw_scores(model_dir, val_text, (train_text, train_gold, val_gold))
+    test = _raw_scores(model_dir, test_text)
     k = len(CATEGORIES)
     flat = _macro(test_gold, test, [0.5] * k)
     best_global = max(GRID, key=lambda t: (_macro(val_gold, val, [t] * k), -abs(t - 0.5)))

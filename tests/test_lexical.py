@@ -266,3 +266,16 @@ def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(tr
     leaky = calibration.fit(lexical.blend(encoder, refit.logits(val_seen), 0.4), val_gold)["calibration"]["params"]
     np.testing.assert_allclose(card["calibration"]["params"], honest, atol=1e-3)
     assert not np.allclose(card["calibration"]["params"], leaky, atol=1e-2)
+
+    # The calibration study rebuilds the same out-of-fold validation scores from the card.
+    import importlib.util
+    from pathlib import Path
+
+    assert {k: card["lexical"][k] for k in ("c", "folds", "fold_seed")} == {"c": 256.0, "folds": 5, "fold_seed": 42}
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_study.py"
+    spec = importlib.util.spec_from_file_location("calibration_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rebuilt = study._raw_scores(str(trained_model_dir), list(data["validation"]["text"]),
+                                (list(data["train"]["text"]), train_gold, val_gold))
+    np.testing.assert_allclose(rebuilt, lexical.blend(encoder, out_of_fold, 0.4), atol=1e-5)

@@ -454,6 +454,8 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
         if s.lexical is not None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             card["lexical"] = s.lexical.save(output_dir, fit_on)
+            if fit_on != "train":  # how the out-of-fold scores were made, to make them again
+                card["lexical"].update(c=config.lexical_c, folds=min(5, len(s.val_ds)), fold_seed=config.seed)
         export(s.model, s.base_path, config.method, s.tokenizer, output_dir, card)
         if config.method == "qlora":
             _refit_on_export(output_dir, s.val_ds, val_gold, config.threshold, val_lexical)
