@@ -54,6 +54,15 @@ def _raw_scores(model_dir: str, texts: list[str], out_of_fold: tuple | None = No
     entry = card.get("lexical") or {}
     if out_of_fold is not None and entry.get("fit_on", "train") != "train":
         train_text, train_gold, gold = out_of_fold
+        missing = [key for key in ("c", "folds", "fold_seed") if key not in entry]
+        if missing:
+            raise SystemExit(f"{model_dir}: the card's lexical entry lacks {', '.join(missing)} (a model trained "
+                             "before they were kept): its out-of-fold validation scores cannot be rebuilt; retrain it")
+        rows = entry.get("rows")
+        if rows and (rows.get("train"), rows.get("validation")) != (len(train_text), len(texts)):
+            raise SystemExit(f"{model_dir}: its lexical side was cross-fit on {rows.get('train')} train and "
+                             f"{rows.get('validation')} validation clauses, here there are {len(train_text)} and "
+                             f"{len(texts)} (a model trained on a subset): the folds cannot be rebuilt")
         _, logits = lexical.LexicalModel.cross_fit(
             lexical.encoder_view(tokenizer, train_text, max_length), train_gold,
             lexical.encoder_view(tokenizer, texts, max_length), gold, float(entry["c"]), float(entry["weight"]),

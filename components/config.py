@@ -100,9 +100,10 @@ class TrainConfig:
     # on the train split (BCE with soft targets); 0 trains on the gold labels alone.
     distill_weight: float = 0.0
     teacher: str = ""  # the teacher whose stored train-split scores are used (see teachers.py)
-    # The lexical blend (components/lexical.py): TF-IDF word 1-2-gram logistic regressions fit
-    # on the train split, blended with the encoder in logit space at this weight; 0: the
-    # encoder alone. lexical_c: their inverse L2 regularisation.
+    # The lexical blend (components/lexical.py): TF-IDF word 1-2-gram logistic regressions,
+    # fit on the train split while the encoder trains (then refit, below), blended with the
+    # encoder in logit space at this weight; 0: the encoder alone. lexical_c: their inverse
+    # L2 regularisation.
     lexical_weight: float = 0.4
     lexical_c: float = 256.0
     # After the epoch is chosen, refit the lexical side on the train and validation clauses

@@ -371,6 +371,7 @@ def run_step(tokenized_dir: str, model_dir: str, model_store_uri: str, data_hash
             "data_hash": data_hash, "source": trained.get("source", "?"),
             "code_version": trained.get("code_version", code_version()), "mlflow_run_id": mlflow_run_id,
             "best_epoch": card.get("best_epoch"), "best_val_macro_f1": card.get("val_macro_f1", float("nan")),
+            "val_macro_f1_out_of_fold": card.get("val_macro_f1_out_of_fold"),
             "thresholds": dict(zip(card["categories"], card["thresholds"])), "scores": scores,
             "calibrated": bool(card.get("calibration")),
             "lexical": card.get("lexical"),

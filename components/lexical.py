@@ -127,7 +127,9 @@ class LexicalModel:
         the clause it scores."""
         texts, held_texts = list(texts), list(held_texts)
         labels, held_labels = np.asarray(labels), np.asarray(held_labels)
-        if held_labels.shape != (len(held_texts), labels.shape[1] if labels.ndim == 2 else -1):
+        if labels.shape[:1] != (len(texts),) or labels.ndim != 2:
+            raise ValueError(f"labels must be ({len(texts)}, categories), got {labels.shape}")
+        if held_labels.shape != (len(held_texts), labels.shape[1]):
             raise ValueError(f"held-out labels must be ({len(held_texts)}, categories), got {held_labels.shape}")
         if not 2 <= folds <= len(held_texts):
             raise ValueError(f"folds must be between 2 and the {len(held_texts)} held-out clauses (got {folds})")

@@ -61,7 +61,8 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
             "macro_f1": metrics.get("test_macro_f1"),
             "per_category_f1": {k[len("test_f1."):]: v for k, v in metrics.items() if k.startswith("test_f1.")},
         },
-        "validation": {"best_macro_f1": metrics.get("best_val_macro_f1"), "best_epoch": metrics.get("best_epoch")},
+        "validation": {"best_macro_f1": metrics.get("best_val_macro_f1"), "best_epoch": metrics.get("best_epoch"),
+                       "macro_f1_out_of_fold": metrics.get("val_macro_f1_out_of_fold")},
         "mlflow": {
             "tracking_uri": info["tracking_uri"],
             "experiment_id": info["experiment_id"],

@@ -233,9 +233,12 @@ def test_cross_fit_scores_each_held_clause_with_a_side_that_never_saw_it():
         LexicalModel.cross_fit(CLAUSES, LABELS, held[:1], held_labels[:1], folds=2)
     with pytest.raises(ValueError, match="held-out labels"):
         LexicalModel.cross_fit(CLAUSES, LABELS, held, held_labels[:, :2])
+    with pytest.raises(ValueError, match=r"^labels must be"):  # the train labels named, not the held ones
+        LexicalModel.cross_fit(CLAUSES, LABELS[:, 0], held, held_labels)
 
 
-def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(trained_model_dir, tokenized_dir):
+def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(trained_model_dir, tokenized_dir,
+                                                                              tmp_path):
     """Training with lexical_refit (the default): the exported side is the fit on train and
     validation, and the card's calibration is what fitting on the encoder's validation scores
     blended with out-of-fold lexical logits gives, not the in-sample ones."""
@@ -271,7 +274,8 @@ def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(tr
     import importlib.util
     from pathlib import Path
 
-    assert {k: card["lexical"][k] for k in ("c", "folds", "fold_seed")} == {"c": 256.0, "folds": 5, "fold_seed": 42}
+    assert {k: card["lexical"][k] for k in ("c", "folds", "fold_seed", "rows")} == {
+        "c": 256.0, "folds": 5, "fold_seed": 42, "rows": {"train": len(train_seen), "validation": len(val_seen)}}
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_study.py"
     spec = importlib.util.spec_from_file_location("calibration_study", path)
     study = importlib.util.module_from_spec(spec)
@@ -279,3 +283,77 @@ def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(tr
     rebuilt = study._raw_scores(str(trained_model_dir), list(data["validation"]["text"]),
                                 (list(data["train"]["text"]), train_gold, val_gold))
     np.testing.assert_allclose(rebuilt, lexical.blend(encoder, out_of_fold, 0.4), atol=1e-5)
+    # Other rows than the card's (a subset), or a card from before the folds were kept: a clear stop.
+    with pytest.raises(SystemExit, match="subset"):
+        study._raw_scores(str(trained_model_dir), list(data["validation"]["text"])[:-1],
+                          (list(data["train"]["text"]), train_gold, val_gold[:-1]))
+    older = tmp_path / "older"
+    shutil.copytree(trained_model_dir, older)
+    (older / CARD_FILE).write_text(json.dumps({**card, "lexical": {
+        k: v for k, v in card["lexical"].items() if k not in ("folds", "fold_seed")}}))
+    with pytest.raises(SystemExit, match="lacks folds, fold_seed"):
+        study._raw_scores(str(older), list(data["validation"]["text"]),
+                          (list(data["train"]["text"]), train_gold, val_gold))
+
+
+def test_recalibrating_the_export_keeps_the_out_of_fold_marker(trained_model_dir, tokenized_dir, tmp_path):
+    """QLoRA re-fits calibration on the exported model (_refit_on_export): with a refit side
+    it still says the lexical scores were out of fold and recomputes the out-of-fold
+    validation macro-F1 from the exported model's own scores."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    from tosguard.components import calibration
+    from tosguard.components.config import CARD_FILE
+    from tosguard.components.labels import CATEGORIES
+    from tosguard.components.metrics import lexglue_scores, predict_from_probabilities
+    from tosguard.components.modeling import load_exported, score_encoded
+    from tosguard.components.train.loop import _refit_on_export
+
+    data = load_from_disk(str(tokenized_dir))
+    val_gold = np.asarray(data["validation"]["label_vector"], dtype=np.int64)
+    model, tokenizer, card = load_exported(str(trained_model_dir))
+    train_seen = lexical.encoder_view(tokenizer, data["train"]["text"], 128)
+    val_seen = lexical.encoder_view(tokenizer, data["validation"]["text"], 128)
+    _, out_of_fold = LexicalModel.cross_fit(train_seen, np.asarray(data["train"]["label_vector"], dtype=np.float32),
+                                            val_seen, val_gold, 256.0, 0.4, folds=5, seed=42)
+    encoder = score_encoded(model, data["validation"]["input_ids"], tokenizer.pad_token_id)
+    # The card as export wrote it, before the re-fit: no marker, no score.
+    exported = tmp_path / "exported"
+    shutil.copytree(trained_model_dir, exported)
+    stale = {**card, "calibration": {k: v for k, v in card["calibration"].items() if k != "lexical_scores"}}
+    stale.pop("val_macro_f1_out_of_fold")
+    (exported / CARD_FILE).write_text(json.dumps(stale))
+
+    returned = _refit_on_export(str(exported), data["validation"], val_gold, 0.5, out_of_fold)
+    written = json.loads((exported / CARD_FILE).read_text())
+    blended = lexical.blend(encoder, out_of_fold, 0.4)
+    expected = lexglue_scores(val_gold, predict_from_probabilities(blended, [0.5] * len(CATEGORIES)))["macro_f1"]
+    assert written["calibration"]["lexical_scores"] == "out of fold"
+    assert returned == pytest.approx(expected) and written["val_macro_f1_out_of_fold"] == pytest.approx(expected)
+    np.testing.assert_allclose(written["calibration"]["params"],
+                               calibration.fit(blended, val_gold)["calibration"]["params"], atol=1e-3)
+
+    # A side fit on train alone: calibration on its own logits, no marker and no score.
+    (exported / CARD_FILE).write_text(json.dumps({**stale, "lexical": {**card["lexical"], "fit_on": "train"}}))
+    assert _refit_on_export(str(exported), data["validation"], val_gold, 0.5, out_of_fold) is None
+    written = json.loads((exported / CARD_FILE).read_text())
+    assert "lexical_scores" not in written["calibration"] and "val_macro_f1_out_of_fold" not in written
+
+
+def test_lexglue_style_selection_ranks_refit_seeds_by_their_out_of_fold_score():
+    """A refit side has seen validation, and the best epoch's score is of the side fit on
+    train alone: seed_spread ranks such seeds by the exported model's out-of-fold score."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_spread.py"
+    spec = importlib.util.spec_from_file_location("seed_spread", path)
+    spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spread)
+    rows = [{"seed": 42, "val_macro_f1": 76.5, "val_macro_f1_out_of_fold": 78.8},
+            {"seed": 2, "val_macro_f1": 76.1, "val_macro_f1_out_of_fold": 79.5}]
+    assert max(rows, key=spread._selection_score)["seed"] == 2
+    plain = [{"seed": 42, "val_macro_f1": 76.5}, {"seed": 2, "val_macro_f1": 76.1}]  # no refit side
+    assert max(plain, key=spread._selection_score)["seed"] == 42

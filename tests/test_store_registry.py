@@ -84,8 +84,12 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
             "MODEL_CARD.md", "training_curves.png", f"evaluations/{run_id}/report.html",
             "lexical.safetensors", "lexical_terms.json"} <= stored
     card = storage.read_text(f"{model_uri}/MODEL_CARD.md")
+    out_of_fold = json.loads(storage.read_text(f"{model_uri}/tosguard.json"))["val_macro_f1_out_of_fold"]
+    assert first["validation"]["macro_f1_out_of_fold"] == pytest.approx(out_of_fold)  # through MLflow
     for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}",
-                 "thresholds (on the calibrated scores", "in logit space at weight 0.4"):
+                 "thresholds (on the calibrated scores", "in logit space at weight 0.4",
+                 "fit on train and validation", "validation macro-F1 of the exported model (lexical side out of fold) | "
+                 f"{out_of_fold:.1f} |"):
         assert fact in card, fact
     # MLflow's artifacts went through the tracking server into the same S3, the figures too.
     assert {"evaluation/report", "evaluation/report.html", "evaluation/category_confusions.png",

@@ -264,3 +264,30 @@ def test_data_parallel_training_under_torchrun_on_cpu(tokenized_dir, tmp_path):
     assert card["method"] == "lora" and tokenizer("a clause .")["input_ids"]
     with pytest.raises(ValueError, match="processes must be >= 1"):
         train_data_parallel(str(tokenized_dir), config, str(tmp_path / "x"), processes=0)
+
+
+def test_the_lexical_refit_setting_does_not_orphan_a_checkpoint(tokenized_dir, tmp_path):
+    """lexical_refit acts after the last epoch, so a run interrupted without it (or before it
+    existed) resumes with it; settings that change the training still key the checkpoint."""
+    from dataclasses import replace
+
+    from tosguard.components.train import checkpoint
+    from tosguard.components.train.loop import train
+
+    config = TrainConfig(method="lora", epochs=1, max_steps=8, batch_size=8, checkpoint_every=4, validation_subset=32)
+    uri = checkpoint.checkpoint_uri
+    assert uri(config, "d", "x") == uri(replace(config, lexical_refit=False), "d", "x")
+    for changed in (replace(config, lexical_weight=0.0), replace(config, lexical_c=10.0), replace(config, seed=1)):
+        assert uri(changed, "d", "x") != uri(config, "d", "x")
+
+    folder = tmp_path / "ckpt"
+    original = checkpoint.remove
+    try:  # an interrupted run: its step-4 checkpoint stays behind
+        checkpoint.remove = lambda u: None
+        train(str(tokenized_dir), replace(config, lexical_refit=False), str(tmp_path / "a"), checkpoint_dir=str(folder))
+    finally:
+        checkpoint.remove = original
+    summary = train(str(tokenized_dir), config, str(tmp_path / "b"), checkpoint_dir=str(folder))
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    card = json.loads((tmp_path / "b" / "tosguard.json").read_text())
+    assert card["lexical"]["fit_on"] == "train+validation"

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,13 @@ FORMAT = "tosguard-checkpoint-1"
 def checkpoint_uri(config: TrainConfig, data_fingerprint: str, folder: str | None = None) -> str:
     """Where a run's checkpoint lives: keyed by the config and the data, so re-running the
     same step (after a kill or a preemption) finds it. `folder` (a path or s3:// URI, the
-    store's checkpoints/ in a pipeline) or TOSGUARD_CHECKPOINT_DIR, else the tosguard home."""
+    store's checkpoints/ in a pipeline) or TOSGUARD_CHECKPOINT_DIR, else the tosguard home.
+    lexical_refit only acts after the last epoch (the checkpointed state is the same either
+    way), so it does not key the checkpoint: a run interrupted before the setting existed
+    resumes under it."""
     root = folder or os.environ.get("TOSGUARD_CHECKPOINT_DIR") or str(home() / "checkpoints")
-    key = hashlib.sha256((config.key_json() + data_fingerprint).encode()).hexdigest()[:16]
+    settings = replace(config, lexical_refit=False).key_json()
+    key = hashlib.sha256((settings + data_fingerprint).encode()).hexdigest()[:16]
     return storage.join(root, key, FILE_NAME)
 
 

@@ -347,11 +347,12 @@ def _end_of_epoch(s: Setup, p: Progress, mlflow) -> bool:
 
 
 def _refit_on_export(output_dir: str, val_ds, val_gold: np.ndarray, threshold: float,
-                     val_lexical: np.ndarray | None) -> None:
+                     val_lexical: np.ndarray | None) -> float | None:
     """QLoRA trains on a 4-bit base, but the export merges the adapter into the full-precision
     base, whose scores differ: fit the calibration and profiles again on the exported
     model's own validation scores, so what is served is what was fit. val_lexical: the
-    lexical logits calibration was fit with (out of fold after a refit), or None."""
+    lexical logits calibration was fit with (out of fold after a refit), or None. Returns
+    the exported model's out-of-fold validation macro-F1 (None without a refit side)."""
     import json
 
     from tosguard.components.config import CARD_FILE
@@ -361,8 +362,26 @@ def _refit_on_export(output_dir: str, val_ds, val_gold: np.ndarray, threshold: f
     scores = score_encoded(model, val_ds["input_ids"], tokenizer.pad_token_id)
     if val_lexical is not None and card.get("lexical"):
         scores = lexical.blend(scores, val_lexical, float(card["lexical"]["weight"]))
-    card.update(calibration.fit(scores, val_gold, threshold))
+    out_of_fold = (card.get("lexical") or {}).get("fit_on", "train") != "train"
+    fitted, out_of_fold_macro = _calibrate(scores, val_gold, threshold, out_of_fold)
+    card.update(fitted)
+    if out_of_fold_macro is not None:
+        card["val_macro_f1_out_of_fold"] = out_of_fold_macro
     (Path(output_dir) / CARD_FILE).write_text(json.dumps(card, indent=2))
+    return out_of_fold_macro
+
+
+def _calibrate(scores: np.ndarray, val_gold: np.ndarray, threshold: float,
+               out_of_fold: bool) -> tuple[dict, float | None]:
+    """The card's calibration and decision profiles fit on validation scores; when those
+    carry out-of-fold lexical logits (a refit side), the card says so and the validation
+    macro-F1 they give is returned (else None)."""
+    fitted = calibration.fit(scores, val_gold, threshold)
+    if not out_of_fold:
+        return fitted, None
+    fitted["calibration"]["lexical_scores"] = "out of fold"
+    macro = lexglue_scores(val_gold, predict_from_probabilities(scores, [threshold] * len(CATEGORIES)))["macro_f1"]
+    return fitted, macro
 
 
 def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None, checkpoint_dir: str | None = None,
@@ -431,16 +450,17 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     if best_scores is None or best_encoder is None:  # a checkpoint from before they were kept
         _, best_scores, _, best_encoder = _validate(s)
     best_scores, val_lexical = np.asarray(best_scores), s.val_lexical
-    fit_on, out_of_fold_macro = "train", None
-    if s.lexical is not None and config.lexical_refit and len(s.val_ds) >= 2:
-        best_scores, val_lexical = _refit_lexical(s, np.asarray(best_encoder), val_gold)
-        fit_on = "train+validation"
-        out_of_fold_macro = lexglue_scores(
-            val_gold, predict_from_probabilities(best_scores, [config.threshold] * len(CATEGORIES)))["macro_f1"]
+    fit_on = "train"
+    if s.lexical is not None and config.lexical_refit:
+        if len(s.val_ds) >= 2:
+            best_scores, val_lexical = _refit_lexical(s, np.asarray(best_encoder), val_gold)
+            fit_on = "train+validation"
+        else:
+            log.warning("lexical_refit: validation has %d clause(s), too few to score out of fold; "
+                        "the lexical side stays fit on the train split", len(s.val_ds))
+    fitted, out_of_fold_macro = _calibrate(best_scores, val_gold, config.threshold, fit_on != "train")
+    if out_of_fold_macro is not None:
         log.info("validation macro-F1 with the refit side, out of fold: %.1f", out_of_fold_macro)
-    fitted = calibration.fit(best_scores, val_gold, config.threshold)
-    if fit_on != "train":
-        fitted["calibration"]["lexical_scores"] = "out of fold"
     card = {
         "categories": list(CATEGORIES),
         "base_model": config.base_model, "method": config.method, "max_length": config.max_length,
@@ -455,10 +475,12 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             card["lexical"] = s.lexical.save(output_dir, fit_on)
             if fit_on != "train":  # how the out-of-fold scores were made, to make them again
-                card["lexical"].update(c=config.lexical_c, folds=min(5, len(s.val_ds)), fold_seed=config.seed)
+                card["lexical"].update(c=config.lexical_c, folds=min(5, len(s.val_ds)), fold_seed=config.seed,
+                                       rows={"train": len(s.train_ds), "validation": len(s.val_ds)})
         export(s.model, s.base_path, config.method, s.tokenizer, output_dir, card)
         if config.method == "qlora":
-            _refit_on_export(output_dir, s.val_ds, val_gold, config.threshold, val_lexical)
+            exported = _refit_on_export(output_dir, s.val_ds, val_gold, config.threshold, val_lexical)
+            out_of_fold_macro = exported if exported is not None else out_of_fold_macro
         checkpoint.remove(ckpt_uri)  # finished and exported: the checkpoint has done its job
     if s.world > 1:
         import torch.distributed as dist

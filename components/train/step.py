@@ -28,7 +28,9 @@ def _log_curves(mlflow, summary: dict) -> None:
     for record in summary["history"]:
         mlflow.log_metrics({"val_micro_f1": record["val_micro_f1"], "val_macro_f1": record["val_macro_f1"],
                             "epoch_train_loss": record["train_loss"]}, step=record["step"])
-    mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"]})
+    mlflow.log_metrics({"best_val_macro_f1": summary["best_val_macro_f1"], "best_epoch": summary["best_epoch"],
+                        **({"val_macro_f1_out_of_fold": summary["val_macro_f1_out_of_fold"]}
+                           if summary.get("val_macro_f1_out_of_fold") is not None else {})})
 
 
 class _LossRecorder:
@@ -210,4 +212,6 @@ def summary_outputs(summary: dict, data_hash: str, model, curves) -> str:
         curves.log_metric(f"epoch{record['epoch']}_val_macro_f1", round(record["val_macro_f1"], 2))
         curves.log_metric(f"epoch{record['epoch']}_train_loss", round(record["train_loss"], 5))
     curves.log_metric("best_val_macro_f1", round(summary["best_val_macro_f1"], 2))
+    if summary.get("val_macro_f1_out_of_fold") is not None:  # the exported model's, with a refit lexical side
+        curves.log_metric("val_macro_f1_out_of_fold", round(summary["val_macro_f1_out_of_fold"], 2))
     return summary["model_uri"]
