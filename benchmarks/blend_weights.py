@@ -30,12 +30,16 @@ from tosguard.components.labels import CATEGORIES  # noqa: E402
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities  # noqa: E402
 
 
-def _split(name: str):
+def _study():
     path = Path(__file__).resolve().parent / "calibration_study.py"
     spec = importlib.util.spec_from_file_location("calibration_study", path)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    return study._split(name, bundled_dir())
+    return study
+
+
+def _split(name: str):
+    return _study()._split(name, bundled_dir())
 
 
 def member_logits(model_dir: str, train, val, test) -> dict:
@@ -45,8 +49,9 @@ def member_logits(model_dir: str, train, val, test) -> dict:
 
     model, tokenizer, card = load_exported(model_dir)
     entry = card.get("lexical") or {}
-    if entry.get("fit_on", "train") == "train" or "folds" not in entry:
-        raise SystemExit(f"{model_dir}: needs a model with a refit lexical side whose card keeps C, folds and fold seed")
+    if entry.get("fit_on", "train") == "train":
+        raise SystemExit(f"{model_dir}: needs a model with a refit lexical side (lexical_refit)")
+    _study().check_refit_entry(model_dir, entry, len(train[0]), len(val[0]))
     max_length = int(card.get("max_length", 128))
     view = {name: lexical.encoder_view(tokenizer, texts, max_length)
             for name, texts in (("train", train[0]), ("validation", val[0]), ("test", test[0]))}

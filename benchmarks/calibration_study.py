@@ -38,6 +38,24 @@ def _split(name: str, data: Path) -> tuple[list[str], np.ndarray]:
     return [r["text"] for r in rows], np.asarray([multi_hot(r["labels"]) for r in rows], dtype=np.int64)
 
 
+def check_refit_entry(model_dir: str, entry: dict, train_rows: int, validation_rows: int) -> None:
+    """Stop unless a refit lexical side's out-of-fold validation scores can be rebuilt here:
+    the card keeps C, the folds and their seed, and it was cross-fit on as many train and
+    validation clauses as given (a model trained on a subset was not)."""
+    missing = [key for key in ("c", "folds", "fold_seed") if key not in entry]
+    if missing:
+        raise SystemExit(f"{model_dir}: the card's lexical entry lacks {', '.join(missing)} (a model trained "
+                         "before they were kept): its out-of-fold validation scores cannot be rebuilt; retrain it")
+    rows = entry.get("rows")
+    if not rows:
+        print(f"warning: {model_dir}: the card does not say how many clauses its side was cross-fit on; "
+              f"assuming the full splits ({train_rows} train, {validation_rows} validation)", file=sys.stderr)
+    elif (rows.get("train"), rows.get("validation")) != (train_rows, validation_rows):
+        raise SystemExit(f"{model_dir}: its lexical side was cross-fit on {rows.get('train')} train and "
+                         f"{rows.get('validation')} validation clauses, here there are {train_rows} and "
+                         f"{validation_rows} (a model trained on a subset): the folds cannot be rebuilt")
+
+
 def _raw_scores(model_dir: str, texts: list[str], out_of_fold: tuple | None = None) -> np.ndarray:
     """The model's scores before calibration: the encoder's, blended with its lexical side
     where it has one (what calibration is fit on at training time). out_of_fold: for the
@@ -54,15 +72,7 @@ def _raw_scores(model_dir: str, texts: list[str], out_of_fold: tuple | None = No
     entry = card.get("lexical") or {}
     if out_of_fold is not None and entry.get("fit_on", "train") != "train":
         train_text, train_gold, gold = out_of_fold
-        missing = [key for key in ("c", "folds", "fold_seed") if key not in entry]
-        if missing:
-            raise SystemExit(f"{model_dir}: the card's lexical entry lacks {', '.join(missing)} (a model trained "
-                             "before they were kept): its out-of-fold validation scores cannot be rebuilt; retrain it")
-        rows = entry.get("rows")
-        if rows and (rows.get("train"), rows.get("validation")) != (len(train_text), len(texts)):
-            raise SystemExit(f"{model_dir}: its lexical side was cross-fit on {rows.get('train')} train and "
-                             f"{rows.get('validation')} validation clauses, here there are {len(train_text)} and "
-                             f"{len(texts)} (a model trained on a subset): the folds cannot be rebuilt")
+        check_refit_entry(model_dir, entry, len(train_text), len(texts))
         _, logits = lexical.LexicalModel.cross_fit(
             lexical.encoder_view(tokenizer, train_text, max_length), train_gold,
             lexical.encoder_view(tokenizer, texts, max_length), gold, float(entry["c"]), float(entry["weight"]),

@@ -3,8 +3,9 @@ with its lexical side, as served), averaged in logit space over the models, on t
 
 Prints each model's test macro-F1 at 0.5, their mean, the average's test micro/macro-F1 at
 0.5, the validation macro-F1 of the average (out of fold for refit lexical sides, as
-calibration_study rebuilds them), and the scoring time of each model on the test split (an
-ensemble served as one model costs the sum). Nothing here is served: it measures whether an
+calibration_study rebuilds them), and the time each model takes to load and score the test
+split (an upper bound on its serving cost: loading is paid once by a server; an ensemble
+served as one model pays the members' sum). Nothing here is served: it measures whether an
 ensemble is worth building. Ends with a line `RESULT {json}`.
 
     .venv/bin/python benchmarks/seed_ensemble.py --models DIR [DIR ...]
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
                         "val_macro_f1": lexglue_scores(val_gold, predict_from_probabilities(val, flat))["macro_f1"],
                         "test_macro_f1": lexglue_scores(test_gold, predict_from_probabilities(test, flat))["macro_f1"]})
         print(f"{model_dir}: validation {members[-1]['val_macro_f1']:.1f}, test {members[-1]['test_macro_f1']:.1f} "
-              f"({seconds:.0f} s to score the {len(test_text)} test clauses)", flush=True)
+              f"({seconds:.0f} s to load and score the {len(test_text)} test clauses)", flush=True)
     ensemble_test = lexglue_scores(test_gold, predict_from_probabilities(average(test_scores), flat))
     ensemble_val = lexglue_scores(val_gold, predict_from_probabilities(average(val_scores), flat))
     macros = [m["test_macro_f1"] for m in members]
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     print(f"members: test macro-F1 mean {result['member_test_macro_f1_mean']:.1f} "
           f"± {result['member_test_macro_f1_std']:.1f}; the average of {len(members)}: validation "
           f"{ensemble_val['macro_f1']:.1f}, test micro/macro-F1 {ensemble_test['micro_f1']:.1f}/"
-          f"{ensemble_test['macro_f1']:.1f}; scoring cost {result['ensemble_seconds_test']:.0f} s for the test split "
+          f"{ensemble_test['macro_f1']:.1f}; load and score {result['ensemble_seconds_test']:.0f} s for the test split "
           f"(the members' sum)")
     print("RESULT " + json.dumps(result))
     return 0

@@ -168,7 +168,7 @@ def model_card(info: dict) -> str:
         f"| code version | {info['code_version']} |",
         f"| MLflow run | {info.get('mlflow_run_id', '?')} |",
         f"| best epoch (validation macro-F1) | {info.get('best_epoch', '?')} ({info.get('best_val_macro_f1', float('nan')):.1f}) |",
-        *([f"| validation macro-F1 of the exported model (lexical side out of fold) | "
+        *([f"| validation macro-F1, out-of-fold estimate for the exported model (refit lexical side) | "
            f"{info['val_macro_f1_out_of_fold']:.1f} |"] if info.get("val_macro_f1_out_of_fold") is not None else []),
         f"| test micro-F1 / macro-F1 | {scores['micro_f1']:.1f} / {scores['macro_f1']:.1f} |",
         f"| decision thresholds{' (on the calibrated scores: a raw 0.5 mapped through each category' + chr(39) + 's calibration)' if info.get('calibrated') else ''} | {info.get('thresholds', '?')} |",

@@ -88,7 +88,7 @@ def test_store_registry_and_gate_end_to_end(cluster_like, tmp_path, monkeypatch,
     assert first["validation"]["macro_f1_out_of_fold"] == pytest.approx(out_of_fold)  # through MLflow
     for fact in (first["data_hash"], "all-MiniLM-L6-v2", "code version", f"{first['test']['macro_f1']:.1f}",
                  "thresholds (on the calibrated scores", "in logit space at weight 0.4",
-                 "fit on train and validation", "validation macro-F1 of the exported model (lexical side out of fold) | "
+                 "fit on train and validation", "validation macro-F1, out-of-fold estimate for the exported model (refit lexical side) | "
                  f"{out_of_fold:.1f} |"):
         assert fact in card, fact
     # MLflow's artifacts went through the tracking server into the same S3, the figures too.

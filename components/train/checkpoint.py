@@ -35,7 +35,8 @@ def checkpoint_uri(config: TrainConfig, data_fingerprint: str, folder: str | Non
     store's checkpoints/ in a pipeline) or TOSGUARD_CHECKPOINT_DIR, else the tosguard home.
     lexical_refit only acts after the last epoch (the checkpointed state is the same either
     way), so it does not key the checkpoint: a run interrupted before the setting existed
-    resumes under it."""
+    resumes under it. The other side of that: two runs differing only in lexical_refit share
+    one checkpoint, so do not run them at once against the same folder."""
     root = folder or os.environ.get("TOSGUARD_CHECKPOINT_DIR") or str(home() / "checkpoints")
     settings = replace(config, lexical_refit=False).key_json()
     key = hashlib.sha256((settings + data_fingerprint).encode()).hexdigest()[:16]
