@@ -13,33 +13,25 @@ Ends with a line `RESULT {json}`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
 
+import calibration_study  # noqa: E402
 from tosguard.components import lexical  # noqa: E402
 from tosguard.components.download import bundled_dir  # noqa: E402
 from tosguard.components.labels import CATEGORIES  # noqa: E402
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities  # noqa: E402
 
 
-def _study():
-    path = Path(__file__).resolve().parent / "calibration_study.py"
-    spec = importlib.util.spec_from_file_location("calibration_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
-    return study
-
-
 def _split(name: str):
-    return _study()._split(name, bundled_dir())
+    return calibration_study._split(name, bundled_dir())
 
 
 def member_logits(model_dir: str, train, val, test) -> dict:
@@ -51,7 +43,7 @@ def member_logits(model_dir: str, train, val, test) -> dict:
     entry = card.get("lexical") or {}
     if entry.get("fit_on", "train") == "train":
         raise SystemExit(f"{model_dir}: needs a model with a refit lexical side (lexical_refit)")
-    _study().check_refit_entry(model_dir, entry, len(train[0]), len(val[0]))
+    calibration_study.check_refit_entry(model_dir, entry, len(train[0]), len(val[0]))
     max_length = int(card.get("max_length", 128))
     view = {name: lexical.encoder_view(tokenizer, texts, max_length)
             for name, texts in (("train", train[0]), ("validation", val[0]), ("test", test[0]))}

@@ -13,7 +13,6 @@ ensemble is worth building. Ends with a line `RESULT {json}`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -23,18 +22,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
 
+import calibration_study  # noqa: E402
 from tosguard.components.download import bundled_dir  # noqa: E402
 from tosguard.components.labels import CATEGORIES  # noqa: E402
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities  # noqa: E402
-
-
-def _study():
-    path = Path(__file__).resolve().parent / "calibration_study.py"
-    spec = importlib.util.spec_from_file_location("calibration_study", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -51,7 +44,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True)
     args = parser.parse_args(argv)
-    study = _study()
+    study = calibration_study
     data = bundled_dir()
     train_text, train_gold = study._split("train", data)
     val_text, val_gold = study._split("validation", data)
