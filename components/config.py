@@ -9,6 +9,7 @@ overrides) into a validated config, and every step after open-run reads that con
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -55,11 +56,49 @@ _KEY_NEUTRAL = {"distill_weight": 0.0, "teacher": "", "lexical_weight": 0.0, "le
 PROFILES = ("default", "triage")
 
 
+def env_number(name: str, default, kind=int):
+    """A numeric setting from the environment: `default` when unset, else a finite number
+    >= 0 of `kind`, or a ValueError that names the variable."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {raw!r}")
+    return value
+
+
 def check_profile(profile: str) -> str:
     """The profile, or a ValueError naming the ones there are."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
     return profile
+
+
+TRAINERS = ("pod", "trainjob")
+DEPLOY_TARGETS = ("kserve", "local")
+
+
+def check_run_settings(trainer: str = "pod", deploy_target: str = "kserve", gpus: int = 1, nodes: int = 1,
+                       min_replicas: int = 1, max_replicas: int = 3) -> None:
+    """The pipeline's choice and count parameters, or one ValueError naming each bad one. A
+    misspelt choice would otherwise silently take the pipeline's other branch."""
+    problems = []
+    if trainer not in TRAINERS:
+        problems.append(f"trainer must be one of {', '.join(TRAINERS)} (got {trainer!r})")
+    if deploy_target not in DEPLOY_TARGETS:
+        problems.append(f"deploy_target must be one of {', '.join(DEPLOY_TARGETS)} (got {deploy_target!r})")
+    for name, value, low in (("gpus", gpus, 0), ("nodes", nodes, 1), ("min_replicas", min_replicas, 0),
+                             ("max_replicas", max_replicas, 1)):
+        if value < low:
+            problems.append(f"{name} must be >= {low} (got {value})")
+    if max_replicas < min_replicas:
+        problems.append(f"max_replicas ({max_replicas}) must be >= min_replicas ({min_replicas})")
+    if problems:
+        raise ValueError("invalid pipeline parameters: " + "; ".join(problems))
 
 
 # Drift (components/monitor.py): a category has drifted at PSI >= PSI_THRESHOLD or binned KS
@@ -130,6 +169,10 @@ class TrainConfig:
             problems.append("learning rates must be in (0, 1)")
         if not 0 <= self.weight_decay < 1 or not 0 <= self.lora_dropout < 1:
             problems.append("weight_decay and lora_dropout must be in [0, 1)")
+        if not 0 <= self.seed < 2**32:
+            problems.append(f"seed must be in [0, 2**32) (got {self.seed})")
+        if not self.lora_alpha > 0:
+            problems.append(f"lora_alpha must be > 0 (got {self.lora_alpha})")
         if not 0 < self.threshold < 1:
             problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
         if not 0 <= self.distill_weight <= 1:

@@ -38,11 +38,50 @@ def _state_path() -> Path:
 
 
 def read_state() -> dict | None:
+    """The managed server's record, or None when none runs. A record whose process is gone,
+    or whose PID now names some other program (PIDs are reused after a reboot), is stale."""
     path = _state_path()
     if not path.is_file():
         return None
-    state = json.loads(path.read_text())
-    return state if _alive(state["pid"]) else None
+    try:
+        state = json.loads(path.read_text())
+        pid = int(state["pid"])
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        log.warning("%s is unreadable (%s); treating it as no running server", path, exc)
+        return None
+    return state if _alive(pid) and _is_server(pid) else None
+
+
+def _is_server(pid: int) -> bool:
+    """Whether pid runs tosguard's server module (its command line names it); True where
+    /proc cannot tell (not Linux), as before."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return SERVER_MODULE.encode() in argv
+
+
+def _write_state(state: dict) -> None:
+    path = _state_path()
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(state, indent=2))
+    os.replace(partial, path)  # a reader never sees half a record
+
+
+def _port_setting(port: int | None) -> int:
+    """The port asked for (argument, else TOSGUARD_PORT, else 8080), checked."""
+    if port is None:
+        raw = os.environ.get("TOSGUARD_PORT", str(DEFAULT_PORT))
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ValueError(f"TOSGUARD_PORT must be a port number, got {raw!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1 to 65535, got {port}")
+    return port
 
 
 def _alive(pid: int) -> bool:
@@ -113,12 +152,13 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
 
     if profile is not None:
         check_profile(profile)  # before the running server is stopped
+    port = _port_setting(port)  # so is the port
     model_dir = str(fetch_folder(model_dir).resolve())
     if not (Path(model_dir) / CARD_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} is not an exported tosguard model folder")
     stop_local_server()
     server_dir().mkdir(parents=True, exist_ok=True)
-    port = _pick_port(port or int(os.environ.get("TOSGUARD_PORT", DEFAULT_PORT)))
+    port = _pick_port(port)
     log_path = server_dir() / "server.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
@@ -150,7 +190,7 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
             os.killpg(process.pid, signal.SIGKILL)
             raise TimeoutError(f"the local model server was not ready after {timeout:.0f} s; see {log_path}")
         time.sleep(0.5)
-    _state_path().write_text(json.dumps(state, indent=2))
+    _write_state(state)
     log.info("serving %s at %s (pid %d, log %s)", model_dir, url, process.pid, log_path)
     return state
 

@@ -113,14 +113,51 @@ def _kind(name: str, content_type: str = "") -> str:
     return "txt"
 
 
+# Byte-order marks, longest first (UTF-32 LE starts with UTF-16 LE's).
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"), (b"\xef\xbb\xbf", "utf-8"))
+# Containers people save Terms of Service in that are not text: what to do instead.
+_NOT_TEXT = ((b"PK\x03\x04", "a zip archive (a .docx, .odt or .zip): save it as text, HTML or PDF"),
+             (b"\x1f\x8b", "gzip-compressed: decompress it first"),
+             (b"\xd0\xcf\x11\xe0", "an old Word or Office file: save it as text, HTML or PDF"),
+             (b"{\\rtf", "RTF: save it as text, HTML or PDF"))
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """Bytes -> text: UTF-8, or UTF-16/32 with a byte-order mark, else Windows-1252 (legacy
+    pages), else Latin-1. Binary data (NUL bytes, control characters) is refused: scoring
+    it would print confident nonsense."""
+    for magic, what in _NOT_TEXT:
+        if data.startswith(magic):
+            raise ValueError(f"{name}: {what}")
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(codec)
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{name}: starts with a {codec} byte-order mark but is not {codec} "
+                                 f"({exc.reason} at byte {exc.start + len(bom)})") from None
+    for codec in ("utf-8", "cp1252", "latin-1"):
+        try:
+            text = data.decode(codec)
+            break
+        except UnicodeDecodeError:
+            continue
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+    if "\x00" in text or controls > max(2, len(text) // 200):
+        raise ValueError(f"{name}: binary data, not a text, HTML, Markdown or PDF file "
+                         "(UTF-16 and UTF-32 need a byte-order mark)")
+    return text
+
+
 def to_text(data: bytes, name: str, content_type: str = "") -> str:
     kind = _kind(name, content_type)
     if kind == "pdf" or data[:5] == b"%PDF-":
-        return pdf_text(data)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
+        try:
+            return pdf_text(data)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    text = decode_text(data, name)
     if kind == "html" or (kind == "txt" and re.match(r"\s*(<!doctype html|<html)", text[:200], re.I)):
         return html_text(text)
     if kind == "md":
@@ -138,6 +175,8 @@ def read_document(source: str) -> tuple[str, str]:
         name = source
     else:
         path = Path(source)
+        if path.is_dir():
+            raise ValueError(f"{source}: a folder; name a file (text, HTML, Markdown or PDF)")
         if not path.is_file():
             raise FileNotFoundError(f"{source}: no such file")
         if path.stat().st_size > MAX_DOCUMENT_BYTES:
@@ -168,7 +207,9 @@ def _fetch(url: str) -> tuple[bytes, str]:
                     raise ValueError(f"{redact(url)}: over {MAX_DOCUMENT_BYTES >> 20} MB")
                 chunks.append(chunk)
             return b"".join(chunks), reply.headers.get("Content-Type", "")
-    except requests.RequestException as exc:
+    except requests.HTTPError as exc:
+        raise ValueError(f"{redact(url)}: could not fetch it: HTTP {exc.response.status_code}") from None
+    except requests.RequestException as exc:  # the message may carry the URL's secrets: its kind only
         raise ValueError(f"{redact(url)}: could not fetch it: {type(exc).__name__}") from None
 
 
@@ -186,7 +227,7 @@ def read_labelled(path: str) -> dict:
         text_file, labels_file = file.with_name(stem + ".txt"), file.with_name(stem + ".labels.jsonl")
         if not text_file.is_file() or not labels_file.is_file():
             raise FileNotFoundError(f"{path}: a labelled document needs {text_file.name} and {labels_file.name}")
-        text = text_file.read_text(encoding="utf-8")
+        text = _utf8(text_file)
         spans, labels = [], []
         for number, row in _jsonl(labels_file):
             if not (isinstance(row.get("start"), int) and isinstance(row.get("end"), int)
@@ -194,7 +235,7 @@ def read_labelled(path: str) -> dict:
                 raise ValueError(f"{labels_file}:{number}: start/end must be offsets into {text_file.name}")
             spans.append((row["start"], row["end"]))
             labels.append(_labels(row, labels_file, number))
-        return {"kind": "document", "text": text, "spans": spans, "labels": labels,
+        return {"kind": "document", "source": str(text_file.resolve()), "text": text, "spans": spans, "labels": labels,
                 "clauses": [text[s:e] for s, e in spans]}
     clauses, labels = [], []
     for number, row in _jsonl(file):
@@ -202,13 +243,20 @@ def read_labelled(path: str) -> dict:
             raise ValueError(f"{file}:{number}: 'text' must be a non-empty string")
         clauses.append(row["text"])
         labels.append(_labels(row, file, number))
-    return {"kind": "clauses", "clauses": clauses, "labels": labels}
+    return {"kind": "clauses", "source": str(file.resolve()), "clauses": clauses, "labels": labels}
+
+
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def _jsonl(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -223,7 +271,9 @@ def _jsonl(path: Path):
 def _labels(row: dict, path: Path, number: int) -> list[int]:
     from tosguard.components.labels import NUM_CATEGORIES
 
-    labels = row.get("labels", [])
+    if "labels" not in row:
+        raise ValueError(f"{path}:{number}: no 'labels' field (an empty list [] marks a fair clause)")
+    labels = row["labels"]
     if not isinstance(labels, list) or any(isinstance(l, bool) or not isinstance(l, int)
                                            or not 0 <= l < NUM_CATEGORIES for l in labels):
         raise ValueError(f"{path}:{number}: 'labels' must be a list of category indices 0-{NUM_CATEGORIES - 1}")

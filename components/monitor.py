@@ -21,6 +21,7 @@ Numpy and the Prometheus parser only: it runs beside the server or in a pipeline
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -122,8 +123,13 @@ def ks(reference: np.ndarray, live: np.ndarray) -> float:
 def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, ks_threshold: float = KS_THRESHOLD,
             min_clauses: int = MIN_CLAUSES) -> dict:
     """Per category PSI, KS and positive rates; `drifted` and `retrain` with the reason."""
+    if not (math.isfinite(psi_threshold) and psi_threshold > 0 and math.isfinite(ks_threshold)
+            and 0 < ks_threshold <= 1 and min_clauses >= 1):
+        raise ValueError(f"drift thresholds out of range: PSI {psi_threshold} (> 0), KS {ks_threshold} (0 to 1], "
+                         f"min_clauses {min_clauses} (>= 1)")
     rows, problems = [], []
     clauses = int(live["clauses"])
+    enough = clauses >= min_clauses  # below it a category is not marked drifted, however its PSI reads
     for name, ref in reference["categories"].items():
         now = live["categories"].get(name)
         if now is None:
@@ -133,12 +139,11 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
         row = {"category": name, "psi": psi(ref["counts"], now["counts"]), "ks": ks(ref["counts"], now["counts"]),
                "reference_positive_rate": ref["positive_rate"],
                "live_positive_rate": now["positives"] / clauses if clauses else 0.0}
-        row["drifted"] = row["psi"] >= psi_threshold or row["ks"] >= ks_threshold
+        row["drifted"] = enough and (row["psi"] >= psi_threshold or row["ks"] >= ks_threshold)
         rows.append(row)
         if row["drifted"]:
             problems.append(f"{name} (PSI {row['psi']:.2f}, KS {row['ks']:.2f})")
-    enough = clauses >= min_clauses
-    drifted = bool(problems) and enough
+    drifted = bool(problems)
     if not enough:
         reason = f"only {clauses} clauses scored; at least {min_clauses} are needed to judge drift"
     elif drifted:
@@ -213,6 +218,8 @@ def load_reference(model: str) -> dict:
 def check(url: str, model: str, window: float = 0.0, token: str | None = None, **thresholds) -> dict:
     """Read the endpoint's metrics (twice, `window` seconds apart, when window > 0) and
     compare them with the model's reference."""
+    if not (math.isfinite(window) and window >= 0):
+        raise ValueError(f"window must be a finite number of seconds >= 0 (0: since the server started), got {window}")
     reference = load_reference(model)
     live = read_live(fetch_metrics(url, token))
     if window > 0:

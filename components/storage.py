@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
+from tosguard.components.config import env_number
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIB = 1 << 20
 # Objects at least this large go up in parts (S3 allows parts from 5 MiB).
-MULTIPART_THRESHOLD = int(os.environ.get("TOSGUARD_MULTIPART_THRESHOLD", 64 * MIB))
-MULTIPART_CHUNKSIZE = int(os.environ.get("TOSGUARD_MULTIPART_CHUNKSIZE", 16 * MIB))
-TRANSFER_ATTEMPTS = int(os.environ.get("TOSGUARD_TRANSFER_ATTEMPTS", 5))
+MULTIPART_THRESHOLD = env_number("TOSGUARD_MULTIPART_THRESHOLD", 64 * MIB)
+MULTIPART_CHUNKSIZE = env_number("TOSGUARD_MULTIPART_CHUNKSIZE", 16 * MIB)
+TRANSFER_ATTEMPTS = env_number("TOSGUARD_TRANSFER_ATTEMPTS", 5)
 SHA256_KEY = "sha256"  # user metadata key: x-amz-meta-sha256
 
 
@@ -161,7 +163,7 @@ def expected_etag(path: Path, threshold: int | None = None, chunksize: int | Non
 
 def with_retries(action: Callable[[], T], what: str, attempts: int | None = None, base_delay: float = 0.5) -> T:
     """Run `action`, retrying on I/O and S3 errors with exponential backoff."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     attempts = attempts or TRANSFER_ATTEMPTS
     for attempt in range(1, attempts + 1):
@@ -172,7 +174,7 @@ def with_retries(action: Callable[[], T], what: str, attempts: int | None = None
                 "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"
             ):
                 raise  # not transient: retrying cannot help
-            if isinstance(exc, FileNotFoundError) or attempt == attempts:
+            if isinstance(exc, (FileNotFoundError, NoCredentialsError)) or attempt == attempts:
                 raise
             delay = base_delay * 2 ** (attempt - 1)
             log.warning("%s failed (attempt %d of %d): %s; retrying in %.1f s", what, attempt, attempts, exc, delay)

@@ -155,15 +155,16 @@ def pipeline_run(run_id: str, safe: str = ""):
 
 
 def open_run_step(run_name: str, source: str, train: dict, tags: dict | None = None,
-                  serve_profile: str = "") -> tuple[str, str]:
+                  serve_profile: str = "", settings: dict | None = None) -> tuple[str, str]:
     """The pipeline's first task: validate the inputs, then open the pipeline's MLflow run
     with every training setting logged once. Returns (run id, the validated settings as
     JSON), which every later step reads. `tags`: the KFP run id and name. serve_profile is
-    checked here, so a bad one fails before training rather than at the deploy step."""
-    from tosguard.components.config import PROFILES
-    from tosguard.components.config import TrainConfig
+    checked here, so a bad one fails before training rather than at the deploy step, and so
+    are `settings`, the pipeline's choice and count parameters (config.check_run_settings)."""
+    from tosguard.components.config import PROFILES, TrainConfig, check_run_settings
 
     config = TrainConfig.from_dict(train)
+    check_run_settings(**(settings or {}))
     if not source:
         raise ValueError("source must name a data source, e.g. 'bundled'")
     if serve_profile and serve_profile not in PROFILES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,13 @@ def _cmd_run(args) -> int:
     from tosguard.pipelines.console import run_console
 
     config = run_config(args)
+    if "://" not in args.source and args.source != "bundled":
+        from tosguard.components.download import read_source
+
+        read_source(args.source)  # a local folder: a bad row is named here, not inside a failed step
     output = (Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output}: a file is there; name a folder")
     output.mkdir(parents=True, exist_ok=True)
     log_path = output / "run.log"
     print(f"tosguard run: {args.preset} preset, {config.method}, {config.base_model}", flush=True)
@@ -95,7 +102,8 @@ def _cmd_compile(args) -> int:
     from tosguard.pipelines.pipeline import make_drift_pipeline
 
     build = make_drift_pipeline if args.drift_watch else make_pipeline
-    compiler.Compiler().compile(build(pool, cluster, PRESETS[args.preset]), package_path=args.output)
+    compiler.Compiler().compile(build(pool, cluster, PRESETS[args.preset], PRESET_GATE_FLOORS[args.preset]),
+                                package_path=args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -181,25 +189,41 @@ def _scorer(args):
 class _RemoteScorer:
     """The same two calls as tosguard.ClauseScorer, over a running server's V1 protocol."""
 
+    # The server's default per-request limit (TOSGUARD_MAX_INSTANCES there); longer lists go
+    # in several requests. The timeout sits just past the server's own 60 s deadline.
+    CHUNK = 256
+    TIMEOUT_S = 75
+
     def __init__(self, url: str):
         self.url = url.rstrip("/")
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, body: dict, key: str):
         import requests
 
         try:
-            response = requests.post(f"{self.url}/v1/models/{NAME}:predict", json=body, timeout=300)
+            response = requests.post(f"{self.url}/v1/models/{NAME}:predict", json=body, timeout=self.TIMEOUT_S)
         except requests.RequestException as exc:
-            raise SystemExit(f"tosguard: cannot reach {self.url}: {exc}")
+            raise ConnectionError(f"cannot reach {self.url}: {exc}") from None
         if response.status_code != 200:
-            raise SystemExit(f"tosguard: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json()
+            raise ValueError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}")
+        try:
+            return response.json()[key]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{self.url} answered 200 without a {key!r} field: not a tosguard server? "
+                             f"(the answer began: {response.text[:200]!r})") from None
 
     def score(self, clauses: list[str]) -> list[dict]:
-        return self._post({"instances": clauses})["predictions"]
+        results = []
+        for i in range(0, len(clauses), self.CHUNK):
+            part = self._post({"instances": clauses[i : i + self.CHUNK]}, "predictions")
+            if not isinstance(part, list) or len(part) != len(clauses[i : i + self.CHUNK]):
+                raise ValueError(f"{self.url} answered {len(part) if isinstance(part, list) else 'no'} "
+                                 f"predictions for {len(clauses[i : i + self.CHUNK])} clauses")
+            results += part
+        return results
 
     def analyze(self, document: str) -> dict:
-        return self._post({"document": document})["document"]
+        return self._post({"document": document}, "document")
 
 
 def _clauses_from(args) -> list[str]:
@@ -212,6 +236,9 @@ def _clauses_from(args) -> list[str]:
         clauses += [line.strip() for line in text.splitlines() if line.strip()]
     if not clauses:
         raise ValueError("give clauses as arguments, or --file PATH (one clause per line; '-' for stdin)")
+    empty = [i + 1 for i, clause in enumerate(args.text or []) if not clause.strip()]
+    if empty:
+        raise ValueError(f"clause argument {empty[0]} is empty (a server refuses empty clauses too)")
     return clauses
 
 
@@ -232,6 +259,9 @@ def _cmd_analyze(args) -> int:
     from tosguard.components.documents import read_document
     from tosguard.components.report import html_page, table
 
+    for flag, target in (("--json", args.json), ("--html", args.html)):
+        if target and (Path(target).is_dir() or not Path(target).resolve().parent.is_dir()):
+            raise ValueError(f"{flag} {target}: name a file in an existing folder")  # before the work, not after
     document, name = read_document(args.source)
     scorer = _scorer(args)
     report = scorer.analyze(document)
@@ -250,6 +280,13 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _same_url(a: str, b: str) -> bool:
+    """Whether two URLs name the same local server (localhost and 127.0.0.1 alike)."""
+    def norm(url: str) -> str:
+        return url.rstrip("/").replace("://localhost", "://127.0.0.1")
+    return norm(a) == norm(b)
+
+
 def _cmd_monitor(args) -> int:
     """Drift: the endpoint's score distributions against the served model's test reference."""
     from tosguard.components import monitor
@@ -259,7 +296,7 @@ def _cmd_monitor(args) -> int:
         from tosguard.components.deploy import read_state
 
         state = read_state()
-        if not state or state["url"].rstrip("/") != args.url.rstrip("/"):
+        if not state or not _same_url(state["url"], args.url):
             raise SystemExit("tosguard monitor: pass --model (the served model's folder or store URI); only the "
                              "local server started by `tosguard serve` is known without it")
         model = state["model_dir"]
@@ -298,17 +335,29 @@ def _cmd_eval(args) -> int:
     from tosguard.components.labels import multi_hot
     from tosguard.components.metrics import lexglue_scores
 
-    scorer = _scorer(args)
-    gold, sentence_mode, document_mode = [], [], []
+    # Every file is read and checked before the model loads; NAME.txt and NAME.labels.jsonl
+    # (both given, as a shell glob does) are one document, counted once.
+    files, seen = [], set()
     for path in args.files:
         data = read_labelled(path)
+        if data.get("source") in seen:
+            continue
+        seen.add(data.get("source"))
+        if not data["labels"]:
+            raise ValueError(f"{path}: no labelled rows")
+        files.append(data)
+    if len({data["kind"] for data in files}) > 1:
+        raise ValueError("mix clause files and document files in separate runs")
+    scorer = _scorer(args)
+    gold, sentence_mode, document_mode = [], [], []
+    for data in files:
         gold += [multi_hot(l) for l in data["labels"]]
         sentence_mode += [multi_hot([CATEGORIES_INDEX[c] for c in r["categories"]]) for r in scorer.score(data["clauses"])]
         if data["kind"] == "document":
             report = scorer.analyze(data["text"])
             for found in categories_on_gold(data["spans"], report["flagged"]):
                 document_mode.append(multi_hot([CATEGORIES_INDEX[c] for c in found]))
-    out = {"files": len(args.files), "rows": len(gold),
+    out = {"files": len(files), "rows": len(gold),
            "clauses": lexglue_scores(np.asarray(gold), np.asarray(sentence_mode))}
     if document_mode:
         if len(document_mode) != len(gold):
@@ -366,12 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="data source: bundled (default), a folder of train/validation/test .jsonl, "
                           "s3://BUCKET/PREFIX, an https:// unfair_tos.tar.gz, or hf://coastalcph/lex_glue/unfair_tos")
     run.add_argument("--store", help="where data snapshots and models are kept: a folder or s3://BUCKET/PREFIX "
-                                     "(default: $TOSGUARD_STORE, else .tosguard/store)")
+                                     "(default: $TOSGUARD_STORE, else store/ in the tosguard home, $TOSGUARD_HOME or .tosguard)")
     run.add_argument("--gate-floor", type=float,
                      help="deploy only at or above this test macro-F1 (default 75; 0 for the quick preset)")
     run.add_argument("--gate-tolerance", type=float,
                      help="deploy only at or above the champion's macro-F1 minus this (default 1.0)")
-    run.add_argument("--output", help="output folder (default: .tosguard/runs/<time>)")
+    run.add_argument("--output", help="output folder (default: runs/<time> in the tosguard home)")
     run.add_argument("--no-deploy", action="store_true", help="stop after evaluate; start no server")
     run.add_argument("--profile", choices=PROFILES,
                      help="decision thresholds the started server uses (default: TOSGUARD_PROFILE, else default)")
@@ -387,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", required=True, help="where to write the pipeline YAML")
     comp.add_argument("--preset", choices=list(PRESETS), default="default",
                       help="the training block the run form starts from")
-    comp.add_argument("--gpus", type=int, default=1, help="GPUs for the train step")
+    comp.add_argument("--gpus", type=_bounded(int, 0), default=1, help="GPUs for the train step")
     comp.add_argument("--node-selector-key", default="cloud.google.com/gke-accelerator")
     comp.add_argument("--node-selector-value", default="nvidia-tesla-a100")
     comp.add_argument("--taint-key", default="nvidia.com/gpu", help="taint the GPU pool carries")
@@ -431,10 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="start (or stop) the local KServe model server on 127.0.0.1",
                            description="Start the KServe ModelServer in the background on 127.0.0.1 over a model "
-                                       "folder (default: the latest trained model); prints the base URL last.")
+                                       "folder (default: the registry's champion, else the latest trained model); prints the "
+                                       "base URL last.")
     serve.add_argument("--model", help="model folder or store URI, file://... or s3://... "
-                                       "(default: the latest trained model)")
-    serve.add_argument("--port", type=int, help="port (default 8080, or a free one)")
+                                       "(default: the registry's champion, else the latest trained model)")
+    serve.add_argument("--port", type=int, help="port, 1-65535 (default $TOSGUARD_PORT, else 8080; a free one if taken)")
     serve.add_argument("--profile", choices=PROFILES,
                        help="decision thresholds: default, or triage (about 0.9 recall per category, more "
                             "clauses flagged; the evaluation report prints its precision cost)")
@@ -479,14 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--url", required=True, help="the server's base URL")
     mon.add_argument("--model", metavar="DIR|URI",
                      help="the served model's folder or store URI (default: the local `tosguard serve` model)")
-    mon.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
+    mon.add_argument("--window", type=_bounded(float, 0.0), default=0.0, metavar="SECONDS",
                      help="judge only what is scored during this many seconds (default: everything since the "
                           "server started)")
-    mon.add_argument("--psi", type=float, default=PSI_THRESHOLD,
+    mon.add_argument("--psi", type=_bounded(float, 0.0, low_open=True), default=PSI_THRESHOLD,
                      help=f"PSI at which a category has drifted (default {PSI_THRESHOLD})")
-    mon.add_argument("--ks", type=float, default=KS_THRESHOLD,
+    mon.add_argument("--ks", type=_bounded(float, 0.0, 1.0, low_open=True), default=KS_THRESHOLD,
                      help=f"KS at which a category has drifted (default {KS_THRESHOLD})")
-    mon.add_argument("--min-clauses", type=int, default=MIN_CLAUSES,
+    mon.add_argument("--min-clauses", type=_bounded(int, 1), default=MIN_CLAUSES,
                      help=f"clauses needed before judging (default {MIN_CLAUSES})")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
     mon.set_defaults(func=_cmd_monitor)
@@ -511,20 +561,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client_errors() -> tuple:
+    """The client libraries' own error bases that are not OSError: botocore's (no
+    credentials, endpoint unreachable, access denied) and urllib3's (the KFP API client)."""
+    found = []
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from urllib3.exceptions import HTTPError
+
+        found.append(HTTPError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _bounded(kind, low: float, high: float = float("inf"), low_open: bool = False):
+    """An argparse type: a finite number in [low, high] ((low, high] when low_open)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            where = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{text} is outside {where}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, missing or unreadable files, connections
         print(f"tosguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except _client_errors() as exc:  # S3 (botocore) and the KFP API (urllib3), unreachable or refusing
+        print(f"tosguard {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         if args.command != "run":
             raise
         # kfp.local reports which task failed; its own log is printed above.
-        print(f"tosguard run: {_plain(str(exc))}\nFix the cause and run the same command again: training "
-              "resumes from its last checkpoint.", file=sys.stderr)
+        print(f"tosguard run: {_plain(str(exc))}\nFix the cause and run the same command again (a training "
+              "step that had started resumes from its last checkpoint).", file=sys.stderr)
         return 1
 
 

@@ -75,8 +75,9 @@ def _on_cluster(task, cluster: ClusterSettings, cpu: str, memory: str, network_r
 
 
 def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterSettings(),
-                  train_defaults: TrainConfig = PRESETS["default"]):
-    """The pipeline; `train_defaults` is the training block the run form starts from."""
+                  train_defaults: TrainConfig = PRESETS["default"], gate_floor_default: float = GATE_FLOOR):
+    """The pipeline; `train_defaults` is the training block the run form starts from and
+    `gate_floor_default` its gate floor (the preset's: 0 for quick)."""
 
     @dsl.pipeline(
         name=NAME,
@@ -95,7 +96,7 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         nodes: int = 1,
         store: str = "",
         reuse_stored_model: bool = cluster.caching,
-        gate_floor: float = GATE_FLOOR,
+        gate_floor: float = gate_floor_default,
         gate_tolerance: float = GATE_TOLERANCE,
         deploy: bool = True,
         deploy_target: str = "kserve",
@@ -112,7 +113,9 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         serve_profile: str = "",  # the decision thresholds served: default, triage (high recall); "": the server's
     ):
         run = steps.open_run(run_name=run_name, source=source, train=train, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                             kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serve_profile=serve_profile)
+                             kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serve_profile=serve_profile,
+                             trainer=trainer, deploy_target=deploy_target, gpus=gpus, nodes=nodes,
+                             min_replicas=min_replicas, max_replicas=max_replicas)
         run.set_display_name("Validate inputs, open MLflow run")
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
         # Every pipeline run opens its own MLflow run: never answered from KFP's cache, which
@@ -208,7 +211,7 @@ tosguard_pipeline = make_pipeline()
 
 
 def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterSettings(),
-                        train_defaults: TrainConfig = PRESETS["default"]):
+                        train_defaults: TrainConfig = PRESETS["default"], gate_floor_default: float = GATE_FLOOR):
     """The drift watch: check the live endpoint against the served model's test reference;
     when drift crosses the thresholds, run the whole training pipeline (inline, as a
     sub-DAG). Scheduled with `tosguard schedule --drift-watch`, it retrains only when the
@@ -216,7 +219,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
     retrain deploys as the last run did (its token Secret, replicas, image). A protected
     endpoint is read with the token in the Secret `cluster.endpoint_token_secret` (key
     `token`, mounted if it exists)."""
-    training = make_pipeline(pool, cluster, train_defaults)
+    training = make_pipeline(pool, cluster, train_defaults, gate_floor_default)
 
     @dsl.pipeline(
         name=f"{NAME}-drift-watch",
@@ -234,7 +237,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         source: str = "bundled",
         train: dict = train_defaults.to_dict(),
         store: str = "",
-        gate_floor: float = GATE_FLOOR,
+        gate_floor: float = gate_floor_default,
         gate_tolerance: float = GATE_TOLERANCE,
         deploy: bool = True,
         deploy_target: str = "kserve",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tosguard.components.documents import html_text, markdown_text, pdf_text, read_labelled, to_text
+from tosguard.components.documents import html_text, markdown_text, pdf_text, read_document, read_labelled, to_text
 from tosguard.pipelines.cli import main
 
 TERMS = ("Terms of Service. We may terminate your account at any time without notice. "
@@ -68,6 +68,9 @@ def test_analyze_reads_every_kind_and_writes_table_json_and_a_self_contained_pag
             assert flagged["clause"] in TERMS
     assert main(["analyze", str(tmp_path / "missing.txt"), "--model", str(trained_model_dir)]) == 2
     assert "no such file" in capsys.readouterr().err
+    for flag in ("--json", "--html"):
+        assert main(["analyze", str(tmp_path / "terms.txt"), "--model", "/nonexistent", flag, str(tmp_path)]) == 2
+        assert f"{flag} {tmp_path}: name a file in an existing folder" in capsys.readouterr().err
 
 
 def test_predict_scores_in_process_from_arguments_files_and_stdin(trained_model_dir, tmp_path, capsys, monkeypatch):
@@ -104,6 +107,54 @@ def test_eval_scores_labelled_clauses_and_documents(trained_model_dir, tmp_path,
     (tmp_path / "bad.jsonl").write_text('{"text": "ok", "labels": [0]}\n{"text": "x", "labels": [9]}\n')
     assert main(["eval", str(tmp_path / "bad.jsonl"), "--model", str(trained_model_dir)]) == 2
     assert "bad.jsonl:2: 'labels' must be a list of category indices" in capsys.readouterr().err
+
+
+def test_text_in_any_common_encoding_is_read_and_binary_files_are_refused(tmp_path):
+    """A ToS saved as UTF-16 (Windows Notepad's 'Unicode') reads as the same text as UTF-8;
+    Windows-1252 curly quotes survive; archives, compressed and binary files are refused by
+    name instead of being scored as mojibake."""
+    import gzip
+    import zipfile
+
+    sentence = "We’ll terminate your account at any time — without notice."
+    for codec, bom in (("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00"),
+                       ("utf-8", b"\xef\xbb\xbf"), ("utf-8", b"")):
+        assert to_text(bom + sentence.encode(codec), "t.txt") == sentence, codec
+    assert to_text(sentence.encode("cp1252"), "t.txt") == sentence
+    assert to_text("Conditions générales.".encode("latin-1"), "t.txt") == "Conditions générales."
+    docx = tmp_path / "terms.docx"
+    with zipfile.ZipFile(docx, "w") as archive:
+        archive.writestr("word/document.xml", "<w:t>" + sentence + "</w:t>")
+    refused = {"terms.docx": (docx.read_bytes(), "zip archive"),
+               "terms.txt.gz": (gzip.compress(sentence.encode()), "gzip"),
+               "u16-no-bom.txt": (sentence.encode("utf-16-le"), "binary data"),
+               "random.bin": (bytes(range(256)) * 4, "binary data")}
+    for name, (data, message) in refused.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            read_document(str(tmp_path / name))
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    with pytest.raises(ValueError, match="broken.pdf: not a readable PDF"):
+        read_document(str(tmp_path / "broken.pdf"))
+
+
+def test_eval_checks_every_file_before_scoring_and_counts_a_document_once(trained_model_dir, tmp_path, capsys):
+    (tmp_path / "typo.jsonl").write_text('{"text": "We may end it.", "label": [2]}\n')
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "latin.jsonl").write_bytes('{"text": "résiliation", "labels": []}\n'.encode("latin-1"))
+    for name, message in (("typo.jsonl", "typo.jsonl:1: no 'labels' field"), ("empty.jsonl", "empty.jsonl: no labelled rows"),
+                          ("latin.jsonl", "latin.jsonl: not UTF-8")):
+        assert main(["eval", str(tmp_path / name), "--model", "/nonexistent-model"]) == 2, name
+        assert message in capsys.readouterr().err  # named before the (missing) model is looked at
+    clauses = ["We may terminate your account at any time.", "Welcome to the service."]
+    (tmp_path / "Acme.txt").write_text(" ".join(clauses))
+    rows = [{"start": 0, "end": len(clauses[0]), "labels": [1]},
+            {"start": len(clauses[0]) + 1, "end": len(clauses[0]) + 1 + len(clauses[1]), "labels": []}]
+    (tmp_path / "Acme.labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", str(tmp_path / "Acme.txt"), str(tmp_path / "Acme.labels.jsonl"),
+                 "--model", str(trained_model_dir), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["files"] == 1 and scores["rows"] == 2
 
 
 def _keyword_scorer(keyword: str, category: str):

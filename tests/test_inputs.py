@@ -133,3 +133,55 @@ def test_a_bad_serving_profile_fails_before_training_and_before_the_running_serv
     with pytest.raises(ValueError, match="profile must be one of default, triage"):
         deploy.start_local_server("/nonexistent", profile="Triage")
     assert stopped == []
+
+    for port, env in ((70000, None), (-5, None), (None, "abc"), (None, "0")):
+        if env is None:
+            monkeypatch.delenv("TOSGUARD_PORT", raising=False)
+        else:
+            monkeypatch.setenv("TOSGUARD_PORT", env)
+        with pytest.raises(ValueError, match="TOSGUARD_PORT must be a port number" if env == "abc" else "port must be"):
+            deploy.start_local_server("/nonexistent", port=port)
+    assert stopped == []
+
+
+def test_a_stale_or_corrupt_server_record_never_stops_another_program(tosguard_home, capsys):
+    """state.json outlives the server (a reboot reuses PIDs): `serve --stop` must not signal
+    a process that is not tosguard's server, and a corrupt record reads as no server."""
+    import json
+    import subprocess
+
+    from tosguard.components import deploy
+    from tosguard.pipelines.cli import main
+
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        deploy.server_dir().mkdir(parents=True, exist_ok=True)
+        record = {"pid": stranger.pid, "url": "http://127.0.0.1:9", "model_dir": "/x", "log": "/x"}
+        (deploy.server_dir() / "state.json").write_text(json.dumps(record))
+        assert main(["serve", "--status"]) == 1
+        assert main(["serve", "--stop"]) == 0
+        assert "no local server was running" in capsys.readouterr().out
+        assert stranger.poll() is None  # still running: not signalled
+        (deploy.server_dir() / "state.json").write_text("{bad")
+        assert deploy.read_state() is None
+        assert main(["serve", "--stop"]) == 0 and stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_numeric_environment_settings_name_the_variable_when_bad(monkeypatch):
+    import math
+
+    from tosguard.components.config import env_number
+
+    monkeypatch.delenv("TOSGUARD_X", raising=False)
+    assert env_number("TOSGUARD_X", 7) == 7
+    monkeypatch.setenv("TOSGUARD_X", "12")
+    assert env_number("TOSGUARD_X", 7) == 12 and env_number("TOSGUARD_X", 1.5, float) == 12.0
+    for raw, kind, message in (("abc", int, "must be an integer"), ("1.5", int, "must be an integer"),
+                               ("-3", int, ">= 0"), ("nan", float, "finite"), ("inf", float, "finite")):
+        monkeypatch.setenv("TOSGUARD_X", raw)
+        with pytest.raises(ValueError, match=f"TOSGUARD_X {message}" if "must" in message else message):
+            env_number("TOSGUARD_X", 1, kind)
+    assert math.isfinite(env_number("TOSGUARD_Y_UNSET", 2.0, float))

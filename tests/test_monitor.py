@@ -147,6 +147,14 @@ def test_reading_metrics_and_the_statistics():
     assert monitor.subtract(live, restarted)["clauses"] == 90
     with pytest.raises(ValueError, match="not a tosguard server"):
         monitor.read_live('tosguard_category_score_bucket{le="0.5"} 1.0\n')  # no category label
+    # Too little traffic: the PSI is still shown, but nothing is marked drifted.
+    quiet = monitor.compare(reference, live, min_clauses=101)
+    assert quiet["categories"][0]["psi"] == pytest.approx(0.879, abs=0.005)
+    assert not quiet["categories"][0]["drifted"] and not quiet["retrain"] and "only 100 clauses" in quiet["reason"]
+    for bad in ({"min_clauses": 0}, {"psi_threshold": -1.0}, {"psi_threshold": float("nan")},
+                {"ks_threshold": 1.5}, {"ks_threshold": 0.0}):
+        with pytest.raises(ValueError, match="out of range"):
+            monitor.compare(reference, live, **bad)
 
 
 def test_monitor_without_a_known_model_or_server_fails_clearly(tosguard_home, capsys, tmp_path):
@@ -158,3 +166,49 @@ def test_monitor_without_a_known_model_or_server_fails_clearly(tosguard_home, ca
     (tmp_path / "m" / monitor.REFERENCE_FILE).write_text("{}")
     assert main(["monitor", "--url", f"http://127.0.0.1:{free_port()}", "--model", str(tmp_path / "m")]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--window", "-5"), ("--window", "nan"), ("--window", "inf"),
+                                        ("--psi", "-1"), ("--psi", "nan"), ("--ks", "2"), ("--min-clauses", "0")])
+def test_monitor_refuses_nonsense_settings_before_reading_anything(tosguard_home, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["monitor", "--url", "http://127.0.0.1:9", "--model", "/nonexistent", flag, value])
+    assert exit_.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_cli_url_clients_split_long_lists_and_spot_a_server_that_is_not_tosguard(server, spread_model, tmp_path,
+                                                                               capsys):
+    """predict --url with more clauses than one request may hold (256) goes in several
+    requests and agrees with the same model in process; a server that answers 200 without
+    tosguard's fields gets a clear error, not a KeyError."""
+    import http.server
+    import threading
+
+    clauses = [f"we may terminate your account number {i} at any time ." for i in range(300)]
+    (tmp_path / "many.txt").write_text("\n".join(clauses))
+    assert main(["predict", "--url", server["url"], "--file", str(tmp_path / "many.txt"), "--json"]) == 0
+    remote = json.loads(capsys.readouterr().out)["predictions"]
+    assert main(["predict", "--model", str(spread_model), "--file", str(tmp_path / "many.txt"), "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(remote) == 300 and [r["categories"] for r in remote] == [r["categories"] for r in local]
+
+    class NotTosguard(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = b"<html>hello</html>" if "html" in self.path or self.server.html else b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotTosguard)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        for html in (False, True):
+            other.html = html
+            assert main(["predict", "--url", f"http://127.0.0.1:{other.server_address[1]}", "one clause ."]) == 2
+            assert "without a 'predictions' field: not a tosguard server" in capsys.readouterr().err
+    finally:
+        other.shutdown()

@@ -106,3 +106,24 @@ def test_local_store_snapshot(tmp_path, bundled_manifest):
     assert first["snapshot"]["reused"] is False and second["snapshot"]["reused"] is True
     folder = tmp_path / "store" / "data" / "unfair_tos" / bundled_manifest["data_hash"]
     _same(download(str(folder), str(tmp_path / "c")), bundled_manifest)
+
+
+def test_run_names_a_bad_row_of_a_local_source_before_any_step_starts(tmp_path, tosguard_home, capsys):
+    """`tosguard run --source FOLDER`: the folder is read first, so a bad row is one clear
+    line (file and line), not a failed kfp.local step's traceback."""
+    from tosguard.pipelines.cli import main
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in SPLITS:
+        (folder / f"{name}.jsonl").write_text((bundled_dir() / f"{name}.jsonl").read_text())
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    lines[1] = '{"text": "We may end it.", "labels": [1]'  # cut short
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    code = main(["run", "--source", str(folder), "--preset", "quick", "--no-deploy", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{folder / 'train.jsonl'}:2: not valid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing was started
+    (tmp_path / "a-file").write_text("x")
+    assert main(["run", "--preset", "quick", "--no-deploy", "--output", str(tmp_path / "a-file")]) == 2
+    assert "a file is there; name a folder" in capsys.readouterr().err

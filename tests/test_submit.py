@@ -131,7 +131,29 @@ def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
     assert "lora_r must be >= 1" in capsys.readouterr().err
     assert main(["submit", "--host", kfp_api.url, "--param", "serve_profile=recall"]) == 2
     assert "serve_profile=recall: expected one of default, triage" in capsys.readouterr().err
+    # A misspelt choice would silently take the pipeline's other branch: refused, every problem named.
+    assert main(["submit", "--host", kfp_api.url, "--param", "trainer=TrainJob", "--param", "deploy_target=KServe",
+                 "--param", "min_replicas=5"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer must be one of pod, trainjob (got 'TrainJob')" in err and "deploy_target must be one of" in err
+    assert "max_replicas (3) must be >= min_replicas (5)" in err
+    assert main(["submit", "--host", kfp_api.url, "--param", "seed=-1"]) == 2
+    assert "seed must be in [0, 2**32)" in capsys.readouterr().err
     assert not kfp_api.posted("/apis/v2beta1/runs")
+
+
+def test_the_quick_preset_keeps_its_gate_floor_of_0_on_a_cluster(kfp_api, capsys, tmp_path):
+    """`tosguard run --preset quick` gates at 0; so must the compiled pipeline's form and a
+    submitted quick run, or a quick run on a cluster never deploys."""
+    import yaml
+
+    assert main(["submit", "--host", kfp_api.url, "--preset", "quick"]) == 0
+    (run,) = kfp_api.posted("/apis/v2beta1/runs")
+    assert run["runtime_config"]["parameters"]["gate_floor"] == 0.0
+    for preset, floor in (("quick", 0.0), ("default", 75.0)):
+        assert main(["compile", "--preset", preset, "--output", str(tmp_path / f"{preset}.yaml")]) == 0
+        spec = next(yaml.safe_load_all((tmp_path / f"{preset}.yaml").read_text()))
+        assert spec["root"]["inputDefinitions"]["parameters"]["gate_floor"]["defaultValue"] == floor
 
 
 def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_condition(kfp_api, capsys):

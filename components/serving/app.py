@@ -37,7 +37,7 @@ import re
 import time
 import uuid
 
-from tosguard.components.config import NAME, PROFILES
+from tosguard.components.config import NAME, PROFILES, env_number
 from tosguard.components.serving.batcher import Overloaded
 from tosguard.components.serving.model import DEFAULT_MODEL_DIR, UnfairClauseModel
 from tosguard.components.serving.page import (
@@ -49,11 +49,11 @@ from tosguard.components.serving.validate import (
 )
 
 log = logging.getLogger(__name__)
-REQUEST_TIMEOUT_S = float(os.environ.get("TOSGUARD_REQUEST_TIMEOUT_S", 60))
-BODY_TIMEOUT_S = float(os.environ.get("TOSGUARD_BODY_TIMEOUT_S", 10))
-HEADER_TIMEOUT_S = float(os.environ.get("TOSGUARD_HEADER_TIMEOUT_S", 10))
-IDLE_TIMEOUT_S = float(os.environ.get("TOSGUARD_IDLE_TIMEOUT_S", 5))
-MAX_CONNECTIONS = int(os.environ.get("TOSGUARD_MAX_CONNECTIONS", 256))
+REQUEST_TIMEOUT_S = env_number("TOSGUARD_REQUEST_TIMEOUT_S", 60, float)
+BODY_TIMEOUT_S = env_number("TOSGUARD_BODY_TIMEOUT_S", 10, float)
+HEADER_TIMEOUT_S = env_number("TOSGUARD_HEADER_TIMEOUT_S", 10, float)
+IDLE_TIMEOUT_S = env_number("TOSGUARD_IDLE_TIMEOUT_S", 5, float)
+MAX_CONNECTIONS = env_number("TOSGUARD_MAX_CONNECTIONS", 256)
 MAX_HEADER_BYTES = 16 * 1024
 RETRY_AFTER_S = "1"
 _open_connections: set = set()  # uvicorn's set of live connections, for the metrics

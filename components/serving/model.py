@@ -24,7 +24,7 @@ import uuid
 import kserve
 import numpy as np
 
-from tosguard.components.config import NAME
+from tosguard.components.config import NAME, env_number
 from tosguard.components.serving.batcher import Batcher
 from tosguard.components.attribution import attach, variants
 from tosguard.components.serving.scorer import BATCH_SIZE, ClauseScorer, document_report
@@ -35,12 +35,12 @@ from tosguard.components.serving.validate import (
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
-BATCH_WINDOW_MS = float(os.environ.get("TOSGUARD_BATCH_WINDOW_MS", "0"))
-MAX_QUEUED_CLAUSES = int(os.environ.get("TOSGUARD_MAX_QUEUED_CLAUSES", 8192))
+BATCH_WINDOW_MS = env_number("TOSGUARD_BATCH_WINDOW_MS", 0.0, float)
+MAX_QUEUED_CLAUSES = env_number("TOSGUARD_MAX_QUEUED_CLAUSES", 8192)
 # The web page's word attributions (POST /report): variants scored per report, seconds of
 # scoring, and rows per batcher call (small, so other requests interleave).
-EXPLAIN_ROWS = int(os.environ.get("TOSGUARD_EXPLAIN_ROWS", 480))
-EXPLAIN_SECONDS = float(os.environ.get("TOSGUARD_EXPLAIN_SECONDS", 10))
+EXPLAIN_ROWS = env_number("TOSGUARD_EXPLAIN_ROWS", 480)
+EXPLAIN_SECONDS = env_number("TOSGUARD_EXPLAIN_SECONDS", 10, float)
 EXPLAIN_CHUNK = 32
 
 

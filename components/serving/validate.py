@@ -16,11 +16,13 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-MAX_INSTANCES = int(os.environ.get("TOSGUARD_MAX_INSTANCES", 256))
-MAX_CLAUSE_CHARS = int(os.environ.get("TOSGUARD_MAX_CLAUSE_CHARS", 20_000))
-MAX_DOCUMENT_CHARS = int(os.environ.get("TOSGUARD_MAX_DOCUMENT_CHARS", 500_000))
-MAX_DOCUMENT_CLAUSES = int(os.environ.get("TOSGUARD_MAX_DOCUMENT_CLAUSES", 5_000))
-MAX_BODY_BYTES = int(os.environ.get("TOSGUARD_MAX_BODY_BYTES", 2_000_000))
+from tosguard.components.config import env_number
+
+MAX_INSTANCES = env_number("TOSGUARD_MAX_INSTANCES", 256)
+MAX_CLAUSE_CHARS = env_number("TOSGUARD_MAX_CLAUSE_CHARS", 20_000)
+MAX_DOCUMENT_CHARS = env_number("TOSGUARD_MAX_DOCUMENT_CHARS", 500_000)
+MAX_DOCUMENT_CLAUSES = env_number("TOSGUARD_MAX_DOCUMENT_CLAUSES", 5_000)
+MAX_BODY_BYTES = env_number("TOSGUARD_MAX_BODY_BYTES", 2_000_000)
 MAX_SHAPE_DIMS = 8
 _BYTE_COUNT = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes '²'
 
