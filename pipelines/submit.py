@@ -75,8 +75,7 @@ _RUN_SETTINGS = ("trainer", "deploy_target", "gpus", "nodes", "min_replicas", "m
 def _package(pipeline_file: str | None, workdir: str, caching: bool | None = None, drift_watch: bool = False) -> str:
     """The pipeline YAML to send; with caching=False every task, nested ones too, uncached."""
     if pipeline_file:
-        if not Path(pipeline_file).is_file():
-            raise FileNotFoundError(f"{pipeline_file}: no such pipeline file")
+        _check_pipeline_file(pipeline_file)
         path = pipeline_file
     else:
         from kfp import compiler
@@ -104,6 +103,11 @@ def _without_cache(path: str, workdir: str) -> str:
     return str(out)
 
 
+def _check_pipeline_file(pipeline_file: str | None) -> None:
+    if pipeline_file and not Path(pipeline_file).is_file():
+        raise FileNotFoundError(f"{pipeline_file}: no such pipeline file")
+
+
 def _client(host: str, namespace: str | None):
     import kfp
 
@@ -113,6 +117,7 @@ def _client(host: str, namespace: str | None):
 def submit(host: str, namespace: str | None, experiment: str, run_name: str, params: dict,
            enable_caching: bool | None = None, pipeline_file: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
+        _check_pipeline_file(pipeline_file)  # before connecting: a typo is named at once
         client = _client(host, namespace)
         result = client.create_run_from_pipeline_package(
             _package(pipeline_file, tmp, enable_caching), arguments=params, run_name=run_name, experiment_name=experiment,
@@ -129,6 +134,7 @@ def schedule(host: str, namespace: str | None, experiment: str, name: str, cron:
             f"--cron {cron!r}: KFP takes 6 fields, seconds first (e.g. '0 0 3 * * 1' for Mondays at 03:00)"
         )
     with tempfile.TemporaryDirectory() as tmp:
+        _check_pipeline_file(pipeline_file)  # before connecting: a typo is named at once
         client = _client(host, namespace)
         exp = client.create_experiment(name=experiment, namespace=namespace)
         job = client.create_recurring_run(

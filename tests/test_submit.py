@@ -137,6 +137,8 @@ def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
     err = capsys.readouterr().err
     assert "trainer must be one of pod, trainjob (got 'TrainJob')" in err and "deploy_target must be one of" in err
     assert "max_replicas (3) must be >= min_replicas (5)" in err
+    assert main(["submit", "--host", "http://127.0.0.1:9", "--pipeline", "/nonexistent.yaml"]) == 2
+    assert "/nonexistent.yaml: no such pipeline file" in capsys.readouterr().err  # named before connecting
     assert main(["submit", "--host", kfp_api.url, "--param", "seed=-1"]) == 2
     assert "seed must be in [0, 2**32)" in capsys.readouterr().err
     assert not kfp_api.posted("/apis/v2beta1/runs")
