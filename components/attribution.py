@@ -47,6 +47,8 @@ def variants(report: dict, max_rows: int | None = None) -> tuple[list[str], list
     for index in order[:MAX_CLAUSES]:
         clause = flagged[index]["clause"]
         spans = _words(clause)
+        if len(spans) < 2:  # one word: deleting it leaves nothing to score (a server refuses "")
+            continue
         if max_rows is not None and len(texts) + len(spans) > max_rows:
             break
         plan.append((index, spans))

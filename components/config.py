@@ -56,9 +56,9 @@ _KEY_NEUTRAL = {"distill_weight": 0.0, "teacher": "", "lexical_weight": 0.0, "le
 PROFILES = ("default", "triage")
 
 
-def env_number(name: str, default, kind=int):
+def env_number(name: str, default, kind=int, low: float = 0):
     """A numeric setting from the environment: `default` when unset, else a finite number
-    >= 0 of `kind`, or a ValueError that names the variable."""
+    >= low of `kind`, or a ValueError that names the variable."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return kind(default)
@@ -66,8 +66,8 @@ def env_number(name: str, default, kind=int):
         value = kind(raw)
     except ValueError:
         raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {raw!r}")
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be a finite number >= {low:g}, got {raw!r}")
     return value
 
 
@@ -83,7 +83,8 @@ DEPLOY_TARGETS = ("kserve", "local")
 
 
 def check_run_settings(trainer: str = "pod", deploy_target: str = "kserve", gpus: int = 1, nodes: int = 1,
-                       min_replicas: int = 1, max_replicas: int = 3) -> None:
+                       min_replicas: int = 1, max_replicas: int = 3, concurrency_target: int = 4,
+                       ready_timeout_s: int = 900) -> None:
     """The pipeline's choice and count parameters, or one ValueError naming each bad one. A
     misspelt choice would otherwise silently take the pipeline's other branch."""
     problems = []
@@ -92,13 +93,30 @@ def check_run_settings(trainer: str = "pod", deploy_target: str = "kserve", gpus
     if deploy_target not in DEPLOY_TARGETS:
         problems.append(f"deploy_target must be one of {', '.join(DEPLOY_TARGETS)} (got {deploy_target!r})")
     for name, value, low in (("gpus", gpus, 0), ("nodes", nodes, 1), ("min_replicas", min_replicas, 0),
-                             ("max_replicas", max_replicas, 1)):
+                             ("max_replicas", max_replicas, 1), ("concurrency_target", concurrency_target, 1),
+                             ("ready_timeout_s", ready_timeout_s, 1)):
         if value < low:
             problems.append(f"{name} must be >= {low} (got {value})")
     if max_replicas < min_replicas:
         problems.append(f"max_replicas ({max_replicas}) must be >= min_replicas ({min_replicas})")
     if problems:
         raise ValueError("invalid pipeline parameters: " + "; ".join(problems))
+
+
+def check_drift_settings(psi_threshold: float, ks_threshold: float, min_clauses: int, window: float = 0.0) -> None:
+    """The drift watch's thresholds and window, or one ValueError naming each bad one."""
+    problems = []
+    if not (math.isfinite(psi_threshold) and psi_threshold > 0):
+        problems.append(f"PSI threshold must be > 0 (got {psi_threshold})")
+    if not (math.isfinite(ks_threshold) and 0 < ks_threshold <= 1):
+        problems.append(f"KS threshold must be in (0, 1] (got {ks_threshold})")
+    if min_clauses < 1:
+        problems.append(f"min_clauses must be >= 1 (got {min_clauses})")
+    if not (math.isfinite(window) and window >= 0):
+        problems.append(f"the window must be a finite number of seconds >= 0, 0 for since the server started "
+                        f"(got {window})")
+    if problems:
+        raise ValueError("drift settings out of range: " + "; ".join(problems))
 
 
 # Drift (components/monitor.py): a category has drifted at PSI >= PSI_THRESHOLD or binned KS

@@ -55,10 +55,12 @@ def read_state() -> dict | None:
 def _is_server(pid: int) -> bool:
     """Whether pid runs tosguard's server module (its command line names it); True where
     /proc cannot tell (not Linux), as before."""
+    if not Path("/proc/self").is_dir():
+        return True  # no /proc here (macOS, BSD): the PID's liveness is all there is to go on
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except FileNotFoundError:
-        return False
+        return False  # gone since
     except OSError:
         return True
     return SERVER_MODULE.encode() in argv
@@ -79,8 +81,8 @@ def _port_setting(port: int | None) -> int:
             port = int(raw)
         except ValueError:
             raise ValueError(f"TOSGUARD_PORT must be a port number, got {raw!r}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1 to 65535, got {port}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0 (any free port) to 65535, got {port}")
     return port
 
 
@@ -109,7 +111,8 @@ def _port_free(port: int) -> bool:
 
 
 def _pick_port(preferred: int) -> int:
-    if _port_free(preferred):
+    """preferred if it is free, else (and for 0) a free one."""
+    if preferred and _port_free(preferred):
         return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -125,29 +125,41 @@ _NOT_TEXT = ((b"PK\x03\x04", "a zip archive (a .docx, .odt or .zip): save it as 
 
 def decode_text(data: bytes, name: str) -> str:
     """Bytes -> text: UTF-8, or UTF-16/32 with a byte-order mark, else Windows-1252 (legacy
-    pages), else Latin-1. Binary data (NUL bytes, control characters) is refused: scoring
-    it would print confident nonsense."""
+    pages), else Latin-1. Binary data is refused (scoring it would print confident
+    nonsense): NUL bytes or control characters in more than 1 in 20 characters, once
+    terminal colour codes and backspace overstrikes (man-page output) are taken out.
+    Stray NULs and other control characters in text are dropped."""
     for magic, what in _NOT_TEXT:
         if data.startswith(magic):
             raise ValueError(f"{name}: {what}")
+    text = None
     for bom, codec in _BOMS:
         if data.startswith(bom):
             try:
-                return data[len(bom):].decode(codec)
+                text = data[len(bom):].decode(codec)
+                break
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{name}: starts with a {codec} byte-order mark but is not {codec} "
                                  f"({exc.reason} at byte {exc.start + len(bom)})") from None
-    for codec in ("utf-8", "cp1252", "latin-1"):
-        try:
-            text = data.decode(codec)
-            break
-        except UnicodeDecodeError:
-            continue
+    if text is None:
+        for codec in ("utf-8", "cp1252", "latin-1"):
+            try:
+                text = data.decode(codec)
+                break
+            except UnicodeDecodeError:
+                continue
+    text = _ANSI.sub("", text)
+    text = _OVERSTRIKE.sub("", text)
     controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
-    if "\x00" in text or controls > max(2, len(text) // 200):
+    if controls > max(2, len(text) // 20):
         raise ValueError(f"{name}: binary data, not a text, HTML, Markdown or PDF file "
                          "(UTF-16 and UTF-32 need a byte-order mark)")
-    return text
+    return _CONTROL.sub("", text) if controls else text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal colour and cursor codes (CSI)
+_OVERSTRIKE = re.compile(r".\x08")  # nroff bold/underline: a character, backspace, the character
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
 
 
 def to_text(data: bytes, name: str, content_type: str = "") -> str:
@@ -227,7 +239,7 @@ def read_labelled(path: str) -> dict:
         text_file, labels_file = file.with_name(stem + ".txt"), file.with_name(stem + ".labels.jsonl")
         if not text_file.is_file() or not labels_file.is_file():
             raise FileNotFoundError(f"{path}: a labelled document needs {text_file.name} and {labels_file.name}")
-        text = _utf8(text_file)
+        text = _utf8(text_file, keep_bom=True)  # the gold offsets count every character of the file
         spans, labels = [], []
         for number, row in _jsonl(labels_file):
             if not (isinstance(row.get("start"), int) and isinstance(row.get("end"), int)
@@ -246,9 +258,9 @@ def read_labelled(path: str) -> dict:
     return {"kind": "clauses", "source": str(file.resolve()), "clauses": clauses, "labels": labels}
 
 
-def _utf8(path: Path) -> str:
+def _utf8(path: Path, keep_bom: bool = False) -> str:
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8" if keep_bom else "utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tosguard.components.config import env_number
 from tosguard.components.labels import CATEGORIES, NUM_CATEGORIES
 from tosguard.components.storage import insecure_http_allowed, redact, scrub, sha256_file
 
@@ -156,9 +156,9 @@ def _read_hf(uri: str) -> list[Split]:
     return splits
 
 
-MAX_ARCHIVE_BYTES = int(os.environ.get("TOSGUARD_MAX_ARCHIVE_BYTES", 200 << 20))
-MAX_UNPACKED_BYTES = int(os.environ.get("TOSGUARD_MAX_UNPACKED_BYTES", 1 << 30))
-MAX_ARCHIVE_MEMBERS = int(os.environ.get("TOSGUARD_MAX_ARCHIVE_MEMBERS", 1000))
+MAX_ARCHIVE_BYTES = env_number("TOSGUARD_MAX_ARCHIVE_BYTES", 200 << 20, low=1)
+MAX_UNPACKED_BYTES = env_number("TOSGUARD_MAX_UNPACKED_BYTES", 1 << 30, low=1)
+MAX_ARCHIVE_MEMBERS = env_number("TOSGUARD_MAX_ARCHIVE_MEMBERS", 1000, low=1)
 
 
 def _check_members(tar, url: str) -> None:

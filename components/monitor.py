@@ -21,13 +21,12 @@ Numpy and the Prometheus parser only: it runs beside the server or in a pipeline
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tosguard.components.config import KS_THRESHOLD, MIN_CLAUSES, PSI_THRESHOLD  # noqa: F401 (re-exported)
+from tosguard.components.config import KS_THRESHOLD, MIN_CLAUSES, PSI_THRESHOLD, check_drift_settings  # noqa: F401 (re-exported)
 
 REFERENCE_FILE = "reference.json"
 _SMOOTH = 1e-4
@@ -123,10 +122,7 @@ def ks(reference: np.ndarray, live: np.ndarray) -> float:
 def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, ks_threshold: float = KS_THRESHOLD,
             min_clauses: int = MIN_CLAUSES) -> dict:
     """Per category PSI, KS and positive rates; `drifted` and `retrain` with the reason."""
-    if not (math.isfinite(psi_threshold) and psi_threshold > 0 and math.isfinite(ks_threshold)
-            and 0 < ks_threshold <= 1 and min_clauses >= 1):
-        raise ValueError(f"drift thresholds out of range: PSI {psi_threshold} (> 0), KS {ks_threshold} (0 to 1], "
-                         f"min_clauses {min_clauses} (>= 1)")
+    check_drift_settings(psi_threshold, ks_threshold, min_clauses)
     rows, problems = [], []
     clauses = int(live["clauses"])
     enough = clauses >= min_clauses  # below it a category is not marked drifted, however its PSI reads
@@ -218,8 +214,8 @@ def load_reference(model: str) -> dict:
 def check(url: str, model: str, window: float = 0.0, token: str | None = None, **thresholds) -> dict:
     """Read the endpoint's metrics (twice, `window` seconds apart, when window > 0) and
     compare them with the model's reference."""
-    if not (math.isfinite(window) and window >= 0):
-        raise ValueError(f"window must be a finite number of seconds >= 0 (0: since the server started), got {window}")
+    check_drift_settings(thresholds.get("psi_threshold", PSI_THRESHOLD), thresholds.get("ks_threshold", KS_THRESHOLD),
+                         thresholds.get("min_clauses", MIN_CLAUSES), window)  # before any wait
     reference = load_reference(model)
     live = read_live(fetch_metrics(url, token))
     if window > 0:

@@ -28,9 +28,9 @@ T = TypeVar("T")
 
 MIB = 1 << 20
 # Objects at least this large go up in parts (S3 allows parts from 5 MiB).
-MULTIPART_THRESHOLD = env_number("TOSGUARD_MULTIPART_THRESHOLD", 64 * MIB)
-MULTIPART_CHUNKSIZE = env_number("TOSGUARD_MULTIPART_CHUNKSIZE", 16 * MIB)
-TRANSFER_ATTEMPTS = env_number("TOSGUARD_TRANSFER_ATTEMPTS", 5)
+MULTIPART_THRESHOLD = env_number("TOSGUARD_MULTIPART_THRESHOLD", 64 * MIB, low=5 * MIB)
+MULTIPART_CHUNKSIZE = env_number("TOSGUARD_MULTIPART_CHUNKSIZE", 16 * MIB, low=5 * MIB)
+TRANSFER_ATTEMPTS = env_number("TOSGUARD_TRANSFER_ATTEMPTS", 5, low=1)
 SHA256_KEY = "sha256"  # user metadata key: x-amz-meta-sha256
 
 

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,25 @@ def run_config(args) -> TrainConfig:
     return TrainConfig.from_dict({"preset": args.preset, **settings})
 
 
+def _check_server_settings(profile: str | None) -> None:
+    """The local server's environment settings (TOSGUARD_PORT, TOSGUARD_PROFILE and the
+    numeric limits its modules read when imported), checked in this process."""
+    import importlib
+    import os
+
+    from tosguard.components.config import check_profile
+    from tosguard.components.deploy import _port_setting
+
+    _port_setting(None)
+    if not profile and os.environ.get("TOSGUARD_PROFILE"):
+        try:
+            check_profile(os.environ["TOSGUARD_PROFILE"])
+        except ValueError as exc:
+            raise ValueError(f"TOSGUARD_PROFILE: {exc}") from None
+    for module in ("validate", "scorer", "model", "app"):
+        importlib.import_module(f"tosguard.components.serving.{module}")
+
+
 def _cmd_run(args) -> int:
     from tosguard.components.config import home
     from tosguard.components.store import store_root
@@ -44,10 +64,12 @@ def _cmd_run(args) -> int:
     from tosguard.pipelines.console import run_console
 
     config = run_config(args)
-    if "://" not in args.source and args.source != "bundled":
+    if args.source.startswith("file://") or ("://" not in args.source and args.source != "bundled"):
         from tosguard.components.download import read_source
 
         read_source(args.source)  # a local folder: a bad row is named here, not inside a failed step
+    if not args.no_deploy:
+        _check_server_settings(args.profile)  # the deploy step comes after training: fail now instead
     output = (Path(args.output) if args.output else home() / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output}: a file is there; name a folder")
@@ -187,24 +209,48 @@ def _scorer(args):
 
 
 class _RemoteScorer:
-    """The same two calls as tosguard.ClauseScorer, over a running server's V1 protocol."""
+    """The same two calls as tosguard.ClauseScorer, over a running server's V1 protocol.
 
-    # The server's default per-request limit (TOSGUARD_MAX_INSTANCES there); longer lists go
-    # in several requests. The timeout sits just past the server's own 60 s deadline.
-    CHUNK = 256
-    TIMEOUT_S = 75
+    Clause lists go in requests of at most CHUNK clauses and MAX_BODY bytes (UTF-8 JSON);
+    a server with a lower clause limit (its TOSGUARD_MAX_INSTANCES) names it in its 400,
+    and the rest is sent at that size. The bearer token is read as `monitor` reads it. A
+    503 (the server shed load) is retried after its Retry-After, a few times."""
+
+    CHUNK = 256  # the server's default per-request limit
+    MAX_BODY = 1_000_000  # half the server's default body limit
+    RETRIES = 3
 
     def __init__(self, url: str):
+        from tosguard.components.config import env_number
+        from tosguard.components.monitor import token
+
         self.url = url.rstrip("/")
+        self.token = token()
+        # Longer than the server's own 60 s deadline: a replica scaled to zero starts first.
+        self.read_timeout = env_number("TOSGUARD_CLIENT_TIMEOUT_S", 300.0, float, low=1)
 
     def _post(self, body: dict, key: str):
         import requests
 
-        try:
-            response = requests.post(f"{self.url}/v1/models/{NAME}:predict", json=body, timeout=self.TIMEOUT_S)
-        except requests.RequestException as exc:
-            raise ConnectionError(f"cannot reach {self.url}: {exc}") from None
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json",
+                   **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+        for attempt in range(self.RETRIES + 1):
+            try:
+                response = requests.post(f"{self.url}/v1/models/{NAME}:predict", data=data, headers=headers,
+                                         timeout=(10, self.read_timeout))
+            except requests.Timeout as exc:
+                raise ConnectionError(f"{self.url} did not answer in time ({type(exc).__name__}; the read "
+                                      "timeout is TOSGUARD_CLIENT_TIMEOUT_S)") from None
+            except requests.RequestException as exc:
+                raise ConnectionError(f"cannot reach {self.url}: {exc}") from None
+            if response.status_code != 503 or attempt == self.RETRIES:
+                break
+            time.sleep(min(30.0, float(response.headers.get("Retry-After", "1") or 1)))
         if response.status_code != 200:
+            limit = re.search(r"the limit is (\d+) per request", response.text)
+            if response.status_code == 400 and limit and "instances" in body:
+                raise _Smaller(int(limit.group(1)))
             raise ValueError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}")
         try:
             return response.json()[key]
@@ -212,18 +258,46 @@ class _RemoteScorer:
             raise ValueError(f"{self.url} answered 200 without a {key!r} field: not a tosguard server? "
                              f"(the answer began: {response.text[:200]!r})") from None
 
+    def _parts(self, clauses: list[str]):
+        part, size = [], 0
+        for clause in clauses:
+            length = len(json.dumps(clause, ensure_ascii=False).encode("utf-8")) + 1
+            if part and (len(part) >= self.CHUNK or size + length > self.MAX_BODY):
+                yield part
+                part, size = [], 0
+            part.append(clause)
+            size += length
+        if part:
+            yield part
+
     def score(self, clauses: list[str]) -> list[dict]:
-        results = []
-        for i in range(0, len(clauses), self.CHUNK):
-            part = self._post({"instances": clauses[i : i + self.CHUNK]}, "predictions")
-            if not isinstance(part, list) or len(part) != len(clauses[i : i + self.CHUNK]):
-                raise ValueError(f"{self.url} answered {len(part) if isinstance(part, list) else 'no'} "
-                                 f"predictions for {len(clauses[i : i + self.CHUNK])} clauses")
-            results += part
+        results, pending = [], list(clauses)
+        while pending:
+            part = next(self._parts(pending))
+            try:
+                answer = self._post({"instances": part}, "predictions")
+            except _Smaller as smaller:
+                if smaller.limit < 1 or smaller.limit >= self.CHUNK:
+                    raise ValueError(f"{self.url} refused {len(part)} clauses with a limit of {smaller.limit}") from None
+                self.CHUNK = smaller.limit
+                continue
+            if not isinstance(answer, list) or len(answer) != len(part):
+                raise ValueError(f"{self.url} answered {len(answer) if isinstance(answer, list) else 'no'} "
+                                 f"predictions for {len(part)} clauses")
+            results += answer
+            pending = pending[len(part):]
         return results
 
     def analyze(self, document: str) -> dict:
         return self._post({"document": document}, "document")
+
+
+class _Smaller(Exception):
+    """The server's clause limit per request is lower than the one sent."""
+
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
 
 
 def _clauses_from(args) -> list[str]:
@@ -484,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "base URL last.")
     serve.add_argument("--model", help="model folder or store URI, file://... or s3://... "
                                        "(default: the registry's champion, else the latest trained model)")
-    serve.add_argument("--port", type=int, help="port, 1-65535 (default $TOSGUARD_PORT, else 8080; a free one if taken)")
+    serve.add_argument("--port", type=int, help="port (default $TOSGUARD_PORT, else 8080; a free one if taken, or if 0)")
     serve.add_argument("--profile", choices=PROFILES,
                        help="decision thresholds: default, or triage (about 0.9 recall per category, more "
                             "clauses flagged; the evaluation report prints its precision cost)")

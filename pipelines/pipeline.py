@@ -115,7 +115,8 @@ def make_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = ClusterS
         run = steps.open_run(run_name=run_name, source=source, train=train, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                              kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serve_profile=serve_profile,
                              trainer=trainer, deploy_target=deploy_target, gpus=gpus, nodes=nodes,
-                             min_replicas=min_replicas, max_replicas=max_replicas)
+                             min_replicas=min_replicas, max_replicas=max_replicas,
+                             concurrency_target=concurrency_target, ready_timeout_s=ready_timeout_s)
         run.set_display_name("Validate inputs, open MLflow run")
         _on_cluster(run, cluster, "500m", "1Gi", network_retries=3)
         # Every pipeline run opens its own MLflow run: never answered from KFP's cache, which

@@ -14,14 +14,16 @@ from tosguard.pipelines.images import BASE_IMAGE, TRAINER_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def open_run(run_name: str, source: str, train: dict, kfp_run_id: str, kfp_run_name: str,
              serve_profile: str, trainer: str, deploy_target: str, gpus: int, nodes: int, min_replicas: int,
-             max_replicas: int) -> NamedTuple("RunOutputs", [("mlflow_run_id", str), ("train_config", str)]):
+             max_replicas: int, concurrency_target: int, ready_timeout_s: int,
+             ) -> NamedTuple("RunOutputs", [("mlflow_run_id", str), ("train_config", str)]):
     """Validate the pipeline's inputs, open this pipeline run's own MLflow run (tagged with
     the KFP run id and name); hand on the run id and the validated training settings."""
     from tosguard.components.tracking import open_run_step
 
     return open_run_step(run_name, source, train, {"kfp.run_id": kfp_run_id, "kfp.run_name": kfp_run_name},
                          serve_profile, dict(trainer=trainer, deploy_target=deploy_target, gpus=gpus, nodes=nodes,
-                                             min_replicas=min_replicas, max_replicas=max_replicas))
+                                             min_replicas=min_replicas, max_replicas=max_replicas,
+                                             concurrency_target=concurrency_target, ready_timeout_s=ready_timeout_s))
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

@@ -21,7 +21,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
     a bad value fails before anything is submitted. drift_watch: check against the drift
     watch's parameters instead of the training pipeline's.
     """
-    from tosguard.components.config import PRESET_GATE_FLOORS, PROFILES, check_run_settings
+    from tosguard.components.config import PRESET_GATE_FLOORS, PROFILES, check_drift_settings, check_run_settings
     from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
     inputs = (drift_watch_pipeline if drift_watch else tosguard_pipeline).component_spec.inputs or {}
@@ -57,19 +57,23 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
             raise ValueError(f"--param {key}={value}: expected a {kind}") from None
         if key == "serve_profile" and value and value not in PROFILES:
             raise ValueError(f"--param serve_profile={value}: expected one of {', '.join(PROFILES)}")
-    if not drift_watch or any(k in params for k in _RUN_SETTINGS):
-        check_run_settings(**{k: params.get(k, inputs[k].default) for k in _RUN_SETTINGS if k in inputs})
-    if train or preset:
-        preset = train.pop("preset", preset) or "default"
-        params["train"] = TrainConfig.from_dict({"preset": preset, **train}).to_dict()
-        floor = PRESET_GATE_FLOORS[preset]
-        if "gate_floor" in inputs and "gate_floor" not in params and floor != inputs["gate_floor"].default:
-            params["gate_floor"] = floor  # quick's floor is 0, as in `tosguard run`
+    check_run_settings(**{k: params.get(k, inputs[k].default) for k in _RUN_SETTINGS if k in inputs})
+    if drift_watch:
+        check_drift_settings(*(params.get(k, inputs[k].default) for k in ("psi_threshold", "ks_threshold",
+                                                                           "min_clauses", "window_s")))
+    named = train.pop("preset", preset)
+    if train or named:
+        params["train"] = TrainConfig.from_dict({"preset": named or "default", **train}).to_dict()
+    if named and "gate_floor" in inputs and "gate_floor" not in params:
+        # The preset's floor (quick: 0, as in `tosguard run`), sent even where it equals this
+        # code's default: a --pipeline FILE compiled for another preset has another default.
+        params["gate_floor"] = PRESET_GATE_FLOORS[named]
     return params
 
 
 # The pipeline parameters config.check_run_settings checks (also in the pipeline's first task).
-_RUN_SETTINGS = ("trainer", "deploy_target", "gpus", "nodes", "min_replicas", "max_replicas")
+_RUN_SETTINGS = ("trainer", "deploy_target", "gpus", "nodes", "min_replicas", "max_replicas", "concurrency_target",
+                 "ready_timeout_s")
 
 
 def _package(pipeline_file: str | None, workdir: str, caching: bool | None = None, drift_watch: bool = False) -> str:

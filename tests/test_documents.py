@@ -133,6 +133,11 @@ def test_text_in_any_common_encoding_is_read_and_binary_files_are_refused(tmp_pa
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValueError, match=message):
             read_document(str(tmp_path / name))
+    # Text that carries terminal codes, man-page overstrikes or a stray NUL is still text.
+    coloured = "".join(f"\x1b[1mSection {i}.\x1b[0m We may end your account.\n" for i in range(20))
+    assert to_text(coloured.encode(), "t.txt").startswith("Section 0. We may end your account.\nSection 1.")
+    assert to_text(b"W\x08We\x08e may end it.", "man.txt") == "We may end it."
+    assert to_text(("We may end it.\n" * 30 + "\0").encode(), "t.txt") == "We may end it.\n" * 30
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
     with pytest.raises(ValueError, match="broken.pdf: not a readable PDF"):
         read_document(str(tmp_path / "broken.pdf"))
@@ -204,6 +209,28 @@ def test_occlusion_is_bounded_per_clause_and_per_report():
     # The server's row budget: only whole clauses that fit, highest score first.
     texts, plan = attribution.variants(report, max_rows=100)
     assert [i for i, _ in plan] == [99, 98] and len(texts) == 2 * attribution.MAX_WORDS
+
+
+def test_a_one_word_clause_is_not_occluded_into_an_empty_text():
+    """Deleting the only word leaves "", which a server refuses (400) and would sink the
+    whole `analyze --url`: such a clause is left unexplained."""
+    from tosguard.components import attribution
+
+    report = {"flagged": [{"clause": "Arbitration.", "start": 0, "end": 12, "categories": ["Arbitration"],
+                           "scores": {"Arbitration": 0.9}},
+                          {"clause": "Binding arbitration.", "start": 13, "end": 33, "categories": ["Arbitration"],
+                           "scores": {"Arbitration": 0.8}}]}
+    texts, plan = attribution.variants(report)
+    assert [i for i, _ in plan] == [1] and "" not in texts and len(texts) == 2
+
+
+def test_gold_offsets_count_a_byte_order_mark_as_written(tmp_path):
+    """A labelled document saved with a UTF-8 BOM keeps it as its first character, so gold
+    offsets written against the file's text still land on the same sentences."""
+    text = "\ufeffWe may end it. Welcome."
+    (tmp_path / "Bom.txt").write_bytes(text.encode("utf-8"))
+    (tmp_path / "Bom.labels.jsonl").write_text(json.dumps({"start": 1, "end": 15, "labels": [1]}) + "\n")
+    assert read_labelled(str(tmp_path / "Bom.txt"))["clauses"] == ["We may end it."]
 
 
 def test_words_keep_their_accents_and_only_inner_apostrophes_and_hyphens():

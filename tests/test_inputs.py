@@ -134,7 +134,7 @@ def test_a_bad_serving_profile_fails_before_training_and_before_the_running_serv
         deploy.start_local_server("/nonexistent", profile="Triage")
     assert stopped == []
 
-    for port, env in ((70000, None), (-5, None), (None, "abc"), (None, "0")):
+    for port, env in ((70000, None), (-5, None), (None, "abc"), (None, "65536")):
         if env is None:
             monkeypatch.delenv("TOSGUARD_PORT", raising=False)
         else:
@@ -185,3 +185,21 @@ def test_numeric_environment_settings_name_the_variable_when_bad(monkeypatch):
         with pytest.raises(ValueError, match=f"TOSGUARD_X {message}" if "must" in message else message):
             env_number("TOSGUARD_X", 1, kind)
     assert math.isfinite(env_number("TOSGUARD_Y_UNSET", 2.0, float))
+
+
+def test_port_0_means_any_free_port_and_run_checks_server_settings_before_training(tosguard_home, monkeypatch,
+                                                                                   capsys):
+    from tosguard.components import deploy
+    from tosguard.pipelines.cli import main
+
+    assert deploy._pick_port(0) > 0
+    for name, value, message in (("TOSGUARD_PORT", "abc", "TOSGUARD_PORT must be a port number"),
+                                 ("TOSGUARD_PROFILE", "fast", "TOSGUARD_PROFILE: profile must be one of"),
+                                 ("TOSGUARD_MAX_INSTANCES", "0", "TOSGUARD_MAX_INSTANCES must be a finite number >= 1")):
+        monkeypatch.setenv(name, value)
+        if name == "TOSGUARD_MAX_INSTANCES":  # read when the module is imported: import it afresh
+            monkeypatch.delitem(__import__("sys").modules, "tosguard.components.serving.validate", raising=False)
+        assert main(["run", "--preset", "quick", "--output", str(tosguard_home / "out")]) == 2
+        assert message in capsys.readouterr().err
+        monkeypatch.delenv(name)
+    assert not (tosguard_home / "out").exists()  # refused before anything ran

@@ -153,7 +153,7 @@ def test_reading_metrics_and_the_statistics():
     assert not quiet["categories"][0]["drifted"] and not quiet["retrain"] and "only 100 clauses" in quiet["reason"]
     for bad in ({"min_clauses": 0}, {"psi_threshold": -1.0}, {"psi_threshold": float("nan")},
                 {"ks_threshold": 1.5}, {"ks_threshold": 0.0}):
-        with pytest.raises(ValueError, match="out of range"):
+        with pytest.raises(ValueError, match="drift settings out of range"):
             monitor.compare(reference, live, **bad)
 
 
@@ -212,3 +212,26 @@ def test_cli_url_clients_split_long_lists_and_spot_a_server_that_is_not_tosguard
             assert "without a 'predictions' field: not a tosguard server" in capsys.readouterr().err
     finally:
         other.shutdown()
+
+
+def test_cli_url_client_adapts_to_a_stricter_server_sends_the_token_and_keeps_bodies_small(
+        spread_model, tosguard_home, monkeypatch, tmp_path, capsys):
+    """A server started with a lower clause limit (TOSGUARD_MAX_INSTANCES=50) and a bearer
+    token: predict --url reads the token as monitor does, learns the limit from the first
+    400 and sends the rest at that size; 300 long non-ASCII clauses (2.7 MB as UTF-8 JSON, 5.4 MB
+    with \\u escapes) go in bodies under the server's 2 MB limit."""
+    from tosguard.components.deploy import start_local_server, stop_local_server
+
+    monkeypatch.setenv("TOSGUARD_MAX_INSTANCES", "50")
+    monkeypatch.setenv("TOSGUARD_AUTH_TOKEN", "s3cret-token")
+    state = start_local_server(str(spread_model), port=free_port())
+    try:
+        clauses = [f"\u5229\u7528\u898f\u7d04 {i} " + "\u7d42\u4e86" * 1500 for i in range(300)]
+        (tmp_path / "cjk.txt").write_text("\n".join(clauses), encoding="utf-8")
+        assert main(["predict", "--url", state["url"], "--file", str(tmp_path / "cjk.txt"), "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["predictions"]) == 300
+        monkeypatch.delenv("TOSGUARD_AUTH_TOKEN")
+        assert main(["predict", "--url", state["url"], "one clause ."]) == 2
+        assert "HTTP 401" in capsys.readouterr().err
+    finally:
+        stop_local_server()

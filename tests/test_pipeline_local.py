@@ -121,7 +121,10 @@ def test_bad_options_fail_before_any_work(tosguard_home, capsys):
     assert "target_modules must be comma-separated module names" in capsys.readouterr().err
 
 
-def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_path, capsys):
+def test_a_failing_step_ends_the_run_with_a_clear_message(tosguard_home, tmp_path, capsys, monkeypatch):
+    # `run` reads a local source before any step (tests/test_sources.py); skip that check in
+    # this process so the download step itself, in its kfp.local subprocess, meets the bad row.
+    monkeypatch.setattr("tosguard.components.download.read_source", lambda source: [])
     folder = tmp_path / "bad"
     folder.mkdir()
     for split in ("train", "validation", "test"):

@@ -144,6 +144,21 @@ def test_bad_cron_and_bad_params_are_clear_errors(kfp_api, capsys):
     assert not kfp_api.posted("/apis/v2beta1/runs")
 
 
+def test_submit_time_checks_cover_deploy_and_drift_settings_and_a_named_preset_sends_its_floor():
+    from tosguard.pipelines.submit import parse_params
+
+    for bad, drift, message in ((["concurrency_target=0"], False, "concurrency_target must be >= 1"),
+                                (["ready_timeout_s=-5"], False, "ready_timeout_s must be >= 1"),
+                                (["psi_threshold=0"], True, "PSI threshold must be > 0"),
+                                (["window_s=-5"], True, "window must be a finite number of seconds"),
+                                (["min_clauses=0"], True, "min_clauses must be >= 1")):
+        with pytest.raises(ValueError, match=message):
+            parse_params(bad, drift_watch=drift)
+    # A named preset always sends its floor: a --pipeline FILE compiled for quick has 0 as its default.
+    assert parse_params([], "default")["gate_floor"] == 75.0 and parse_params([], "quick")["gate_floor"] == 0.0
+    assert "gate_floor" not in parse_params(["epochs=2"])  # no preset named: the pipeline's own default
+
+
 def test_the_quick_preset_keeps_its_gate_floor_of_0_on_a_cluster(kfp_api, capsys, tmp_path):
     """`tosguard run --preset quick` gates at 0; so must the compiled pipeline's form and a
     submitted quick run, or a quick run on a cluster never deploys."""

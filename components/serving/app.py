@@ -49,11 +49,11 @@ from tosguard.components.serving.validate import (
 )
 
 log = logging.getLogger(__name__)
-REQUEST_TIMEOUT_S = env_number("TOSGUARD_REQUEST_TIMEOUT_S", 60, float)
-BODY_TIMEOUT_S = env_number("TOSGUARD_BODY_TIMEOUT_S", 10, float)
-HEADER_TIMEOUT_S = env_number("TOSGUARD_HEADER_TIMEOUT_S", 10, float)
-IDLE_TIMEOUT_S = env_number("TOSGUARD_IDLE_TIMEOUT_S", 5, float)
-MAX_CONNECTIONS = env_number("TOSGUARD_MAX_CONNECTIONS", 256)
+REQUEST_TIMEOUT_S = env_number("TOSGUARD_REQUEST_TIMEOUT_S", 60, float, low=0.1)
+BODY_TIMEOUT_S = env_number("TOSGUARD_BODY_TIMEOUT_S", 10, float, low=0.1)
+HEADER_TIMEOUT_S = env_number("TOSGUARD_HEADER_TIMEOUT_S", 10, float, low=0.1)
+IDLE_TIMEOUT_S = env_number("TOSGUARD_IDLE_TIMEOUT_S", 5, float, low=0.1)
+MAX_CONNECTIONS = env_number("TOSGUARD_MAX_CONNECTIONS", 256, low=1)
 MAX_HEADER_BYTES = 16 * 1024
 RETRY_AFTER_S = "1"
 _open_connections: set = set()  # uvicorn's set of live connections, for the metrics

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import struct
 import time
 import uuid
@@ -36,7 +35,7 @@ from tosguard.components.serving.validate import (
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "/mnt/models"  # where KServe's storage initializer puts storageUri
 BATCH_WINDOW_MS = env_number("TOSGUARD_BATCH_WINDOW_MS", 0.0, float)
-MAX_QUEUED_CLAUSES = env_number("TOSGUARD_MAX_QUEUED_CLAUSES", 8192)
+MAX_QUEUED_CLAUSES = env_number("TOSGUARD_MAX_QUEUED_CLAUSES", 8192, low=1)
 # The web page's word attributions (POST /report): variants scored per report, seconds of
 # scoring, and rows per batcher call (small, so other requests interleave).
 EXPLAIN_ROWS = env_number("TOSGUARD_EXPLAIN_ROWS", 480)

@@ -20,10 +20,10 @@ from tosguard.components.serving.split import split_sentences
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = env_number("TOSGUARD_BATCH_SIZE", 64)
+BATCH_SIZE = env_number("TOSGUARD_BATCH_SIZE", 64, low=1)
 # Padded tokens per forward pass: long clauses go in small batches (measured here: 1,024
 # served random 64-clause requests 2.4x faster than fixed batches of 64).
-BATCH_TOKENS = env_number("TOSGUARD_BATCH_TOKENS", 1024)
+BATCH_TOKENS = env_number("TOSGUARD_BATCH_TOKENS", 1024, low=1)
 # Batch widths rounded up to a multiple of 8: far fewer distinct shapes for oneDNN to build
 # kernels for, and AMX-friendly tiles (measured: 423 against 375 clauses/s on a cold pass).
 PAD_MULTIPLE = 8

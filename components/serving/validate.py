@@ -10,7 +10,6 @@ framing, and the number and size of clauses. The limits come from the environmen
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import zlib
@@ -18,11 +17,11 @@ from dataclasses import dataclass, field
 
 from tosguard.components.config import env_number
 
-MAX_INSTANCES = env_number("TOSGUARD_MAX_INSTANCES", 256)
-MAX_CLAUSE_CHARS = env_number("TOSGUARD_MAX_CLAUSE_CHARS", 20_000)
-MAX_DOCUMENT_CHARS = env_number("TOSGUARD_MAX_DOCUMENT_CHARS", 500_000)
-MAX_DOCUMENT_CLAUSES = env_number("TOSGUARD_MAX_DOCUMENT_CLAUSES", 5_000)
-MAX_BODY_BYTES = env_number("TOSGUARD_MAX_BODY_BYTES", 2_000_000)
+MAX_INSTANCES = env_number("TOSGUARD_MAX_INSTANCES", 256, low=1)
+MAX_CLAUSE_CHARS = env_number("TOSGUARD_MAX_CLAUSE_CHARS", 20_000, low=1)
+MAX_DOCUMENT_CHARS = env_number("TOSGUARD_MAX_DOCUMENT_CHARS", 500_000, low=1)
+MAX_DOCUMENT_CLAUSES = env_number("TOSGUARD_MAX_DOCUMENT_CLAUSES", 5_000, low=1)
+MAX_BODY_BYTES = env_number("TOSGUARD_MAX_BODY_BYTES", 2_000_000, low=1024)
 MAX_SHAPE_DIMS = 8
 _BYTE_COUNT = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes '²'
 
