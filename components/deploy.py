@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 
@@ -49,12 +50,14 @@ def read_state() -> dict | None:
     except (ValueError, KeyError, TypeError, OSError) as exc:
         log.warning("%s is unreadable (%s); treating it as no running server", path, exc)
         return None
-    return state if _alive(pid) and _is_server(pid) else None
+    port = urlparse(str(state.get("url", ""))).port
+    return state if _alive(pid) and _is_server(pid, port) else None
 
 
-def _is_server(pid: int) -> bool:
-    """Whether pid runs tosguard's server module (its command line names it); True where
-    /proc cannot tell (not Linux), as before."""
+def _is_server(pid: int, port: int | None = None) -> bool:
+    """Whether pid runs tosguard's server module (its command line names it), on `port` when
+    given (a PID reused by another home's server is not this record's); True where /proc
+    cannot tell (not Linux), as before."""
     if not Path("/proc/self").is_dir():
         return True  # no /proc here (macOS, BSD): the PID's liveness is all there is to go on
     try:
@@ -63,7 +66,12 @@ def _is_server(pid: int) -> bool:
         return False  # gone since
     except OSError:
         return True
-    return SERVER_MODULE.encode() in argv
+    if SERVER_MODULE.encode() not in argv:
+        return False
+    if port is not None and b"--http-port" in argv:
+        at = argv.index(b"--http-port") + 1
+        return at < len(argv) and argv[at] == str(port).encode()
+    return True
 
 
 def _write_state(state: dict) -> None:

@@ -123,8 +123,26 @@ _NOT_TEXT = ((b"PK\x03\x04", "a zip archive (a .docx, .odt or .zip): save it as 
              (b"{\\rtf", "RTF: save it as text, HTML or PDF"))
 
 
-def decode_text(data: bytes, name: str) -> str:
-    """Bytes -> text: UTF-8, or UTF-16/32 with a byte-order mark, else Windows-1252 (legacy
+def declared_charset(data: bytes, content_type: str = "") -> str | None:
+    """The encoding a page declares: the HTTP Content-Type's charset, else an HTML <meta>
+    charset in the first 4 KB; None when it declares none Python knows."""
+    import codecs
+
+    found = re.search(r"charset=[\"']?([A-Za-z0-9._:-]+)", content_type or "", re.I)
+    if not found:
+        found = re.search(rb"<meta[^>]{0,200}?charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", data[:4096], re.I)
+    if not found:
+        return None
+    name = found.group(1).decode("ascii") if isinstance(found.group(1), bytes) else found.group(1)
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def decode_text(data: bytes, name: str, declared: str | None = None) -> str:
+    """Bytes -> text: UTF-16/32 with a byte-order mark, else UTF-8, else the declared
+    encoding (an HTTP or HTML charset) when the bytes fit it, else Windows-1252 (legacy
     pages), else Latin-1. Binary data is refused (scoring it would print confident
     nonsense): NUL bytes or control characters in more than 1 in 20 characters, once
     terminal colour codes and backspace overstrikes (man-page output) are taken out.
@@ -142,7 +160,9 @@ def decode_text(data: bytes, name: str) -> str:
                 raise ValueError(f"{name}: starts with a {codec} byte-order mark but is not {codec} "
                                  f"({exc.reason} at byte {exc.start + len(bom)})") from None
     if text is None:
-        for codec in ("utf-8", "cp1252", "latin-1"):
+        # Valid UTF-8 beyond ASCII is almost never another encoding, and pages that declare
+        # Latin-1 while sending UTF-8 are common: UTF-8 first, then what the page declares.
+        for codec in ["utf-8"] + ([declared] if declared else []) + ["cp1252", "latin-1"]:
             try:
                 text = data.decode(codec)
                 break
@@ -169,7 +189,8 @@ def to_text(data: bytes, name: str, content_type: str = "") -> str:
             return pdf_text(data)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
-    text = decode_text(data, name)
+    declared = declared_charset(data, content_type) if kind == "html" or content_type else None
+    text = decode_text(data, name, declared)
     if kind == "html" or (kind == "txt" and re.match(r"\s*(<!doctype html|<html)", text[:200], re.I)):
         return html_text(text)
     if kind == "md":

@@ -121,6 +121,14 @@ def test_text_in_any_common_encoding_is_read_and_binary_files_are_refused(tmp_pa
                        ("utf-8", b"\xef\xbb\xbf"), ("utf-8", b"")):
         assert to_text(bom + sentence.encode(codec), "t.txt") == sentence, codec
     assert to_text(sentence.encode("cp1252"), "t.txt") == sentence
+    # A page's declared charset wins where the bytes fit it (Shift_JIS would read as cp1252 otherwise).
+    japanese = "\u5229\u7528\u898f\u7d04\u3092\u5909\u66f4\u3059\u308b\u3053\u3068\u304c\u3042\u308a\u307e\u3059\u3002"
+    page = f'<html><head><meta charset="shift_jis"></head><body><p>{japanese}</p></body></html>'
+    assert to_text(page.encode("shift_jis"), "terms.html") == japanese
+    body = f"<html><body><p>{japanese}</p></body></html>".encode("euc-jp")
+    assert to_text(body, "https://x.example/terms", "text/html; charset=EUC-JP") == japanese
+    assert to_text("caf\u00e9 terms".encode("utf-8"), "t.html", "text/html; charset=nonsense") == "caf\u00e9 terms"
+    assert to_text("caf\u00e9 terms".encode("utf-8"), "t.html", "text/html; charset=iso-8859-1") == "caf\u00e9 terms"
     assert to_text("Conditions générales.".encode("latin-1"), "t.txt") == "Conditions générales."
     docx = tmp_path / "terms.docx"
     with zipfile.ZipFile(docx, "w") as archive:

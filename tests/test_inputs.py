@@ -149,6 +149,7 @@ def test_a_stale_or_corrupt_server_record_never_stops_another_program(tosguard_h
     a process that is not tosguard's server, and a corrupt record reads as no server."""
     import json
     import subprocess
+    import sys
 
     from tosguard.components import deploy
     from tosguard.pipelines.cli import main
@@ -162,6 +163,19 @@ def test_a_stale_or_corrupt_server_record_never_stops_another_program(tosguard_h
         assert main(["serve", "--stop"]) == 0
         assert "no local server was running" in capsys.readouterr().out
         assert stranger.poll() is None  # still running: not signalled
+        # A server of another home on another port, under this record's (reused) PID: not ours.
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", deploy.SERVER_MODULE,
+                                  "--http-port", "1234"], start_new_session=True)
+        try:
+            (deploy.server_dir() / "state.json").write_text(json.dumps({**record, "pid": other.pid,
+                                                                        "url": "http://127.0.0.1:4321"}))
+            assert deploy.read_state() is None
+            (deploy.server_dir() / "state.json").write_text(json.dumps({**record, "pid": other.pid,
+                                                                        "url": "http://127.0.0.1:1234"}))
+            assert deploy.read_state()["pid"] == other.pid  # same module, same port: the record's server
+        finally:
+            other.kill()
+            other.wait()
         (deploy.server_dir() / "state.json").write_text("{bad")
         assert deploy.read_state() is None
         assert main(["serve", "--stop"]) == 0 and stranger.poll() is None

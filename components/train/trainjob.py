@@ -69,7 +69,7 @@ def run_train_job(job: dict, api_client=None, timeout: float | None = None, poll
     from tosguard.components.kube import api_client as kube_client
 
     timeout = timeout if timeout is not None else env_number("TOSGUARD_TRAINJOB_TIMEOUT_S", 24 * 3600, float, low=1)
-    poll_seconds = poll_seconds if poll_seconds is not None else env_number("TOSGUARD_TRAINJOB_POLL_S", 15, float, low=0.1)
+    poll_seconds = poll_seconds if poll_seconds is not None else env_number("TOSGUARD_TRAINJOB_POLL_S", 15, float, low=0.001)
     api = k8s.CustomObjectsApi(api_client or kube_client())
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     args = (GROUP, VERSION, namespace, PLURAL)
