@@ -46,26 +46,30 @@ def read_state() -> dict | None:
         return None
     try:
         state = json.loads(path.read_text())
-        pid = int(state["pid"])
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+        state["pid"] = pid = int(state["pid"])
+        port = urlparse(str(state.get("url", ""))).port
+    except (ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
         log.warning("%s is unreadable (%s); treating it as no running server", path, exc)
         return None
-    port = urlparse(str(state.get("url", ""))).port
-    return state if _alive(pid) and _is_server(pid, port) else None
+    return state if pid > 0 and _alive(pid) and _is_server(pid, port) else None
 
 
 def _is_server(pid: int, port: int | None = None) -> bool:
     """Whether pid runs tosguard's server module (its command line names it), on `port` when
-    given (a PID reused by another home's server is not this record's); True where /proc
-    cannot tell (not Linux), as before."""
-    if not Path("/proc/self").is_dir():
-        return True  # no /proc here (macOS, BSD): the PID's liveness is all there is to go on
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False  # gone since
-    except OSError:
-        return True
+    given (a PID reused by another home's server is not this record's). Linux reads
+    /proc/PID/cmdline; elsewhere `ps`. When neither can tell, False: an unverified process
+    is never signalled (its record is dropped as stale)."""
+    if Path("/proc/self").is_dir():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False  # gone since, or not ours to read
+    else:  # macOS, BSD: the command line from ps (arguments split on spaces; paths with spaces still match)
+        try:
+            line = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        argv = line.split()
     if SERVER_MODULE.encode() not in argv:
         return False
     if port is not None and b"--http-port" in argv:
@@ -130,19 +134,24 @@ def _pick_port(preferred: int) -> int:
 def stop_local_server(timeout: float = 20.0) -> bool:
     """Stop the managed server, if one runs. Returns whether one was stopped."""
     state = read_state()
-    _state_path().unlink(missing_ok=True)
     if not state:
+        _state_path().unlink(missing_ok=True)  # stale or unreadable
         return False
     pid = state["pid"]
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
+        _state_path().unlink(missing_ok=True)
         return False
     deadline = time.time() + timeout
     while time.time() < deadline and _alive(pid):
         time.sleep(0.2)
     if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it went on its own
+    _state_path().unlink(missing_ok=True)  # only once it is gone (a PermissionError above keeps the record)
     log.info("stopped the local server (pid %d)", pid)
     return True
 
@@ -183,24 +192,33 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
              "log": str(log_path), "started": time.time(),
              "profile": profile or os.environ.get("TOSGUARD_PROFILE") or "default"}
     deadline = time.time() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"the local model server exited with code {process.returncode} while starting; "
-                f"last lines of {log_path}:\n{_log_tail(log_path)}"
-            )
-        try:
-            # The readiness route is open (no bearer token), so a server started with
-            # TOSGUARD_AUTH_TOKEN is seen ready too.
-            ready = requests.get(f"{url}/v2/health/ready", timeout=2)
-            if ready.status_code == 200 and ready.json().get("ready"):
-                break
-        except requests.RequestException:
-            pass
-        if time.time() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise TimeoutError(f"the local model server was not ready after {timeout:.0f} s; see {log_path}")
-        time.sleep(0.5)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the local model server exited with code {process.returncode} while starting; "
+                    f"last lines of {log_path}:\n{_log_tail(log_path)}"
+                )
+            try:
+                # The readiness route is open (no bearer token), so a server started with
+                # TOSGUARD_AUTH_TOKEN is seen ready too.
+                ready = requests.get(f"{url}/v2/health/ready", timeout=2)
+                if ready.status_code == 200 and ready.json().get("ready"):
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise TimeoutError(f"the local model server was not ready after {timeout:.0f} s; see {log_path}")
+            time.sleep(0.5)
+    except BaseException:  # Ctrl-C, timeout, a failed start: leave no server without a record
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+        raise
     _write_state(state)
     log.info("serving %s at %s (pid %d, log %s)", model_dir, url, process.pid, log_path)
     return state

@@ -76,12 +76,14 @@ def html_text(markup: str) -> str:
 
 def markdown_text(markdown: str) -> str:
     """Markdown without its markup: headings, emphasis, links and list markers dropped."""
+    # Every pattern stays within one line and a bounded span, so crafted input ('[' * N,
+    # '_a ' * N) costs linear time, not quadratic.
     text = re.sub(r"```.*?```", "", markdown, flags=re.S)
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)  # images
-    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # links: keep the words
-    text = re.sub(r"^\s{0,3}#{1,6}\s*", "", text, flags=re.M)  # headings
-    text = re.sub(r"(\*\*|__|\*|_|`)(\S.*?\S|\S)\1", r"\2", text)  # emphasis, code
-    text = re.sub(r"^\s*>\s?", "", text, flags=re.M)  # quotes
+    text = re.sub(r"!\[[^\[\]\n]*\]\([^()\n]*\)", "", text)  # images
+    text = re.sub(r"\[([^\[\]\n]+)\]\([^()\n]*\)", r"\1", text)  # links: keep the words
+    text = re.sub(r"^[ \t]{0,3}#{1,6}[ \t]*", "", text, flags=re.M)  # headings
+    text = re.sub(r"(\*\*|__|\*|_|`)(\S[^\n]{0,400}?\S|\S)\1", r"\2", text)  # emphasis, code
+    text = re.sub(r"^[ \t]*>[ \t]?", "", text, flags=re.M)  # quotes
     return html.unescape(text)
 
 
@@ -135,9 +137,16 @@ def declared_charset(data: bytes, content_type: str = "") -> str | None:
         return None
     name = found.group(1).decode("ascii") if isinstance(found.group(1), bytes) else found.group(1)
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except LookupError:
         return None
+    # Only text encodings: not base64/zlib/rot13 (bytes-to-bytes), nor codecs that rewrite text.
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return None
+    return info.name
+
+
+_NOT_CHARSETS = {"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode"}
 
 
 def decode_text(data: bytes, name: str, declared: str | None = None) -> str:
@@ -162,11 +171,16 @@ def decode_text(data: bytes, name: str, declared: str | None = None) -> str:
     if text is None:
         # Valid UTF-8 beyond ASCII is almost never another encoding, and pages that declare
         # Latin-1 while sending UTF-8 are common: UTF-8 first, then what the page declares.
-        for codec in ["utf-8"] + ([declared] if declared else []) + ["cp1252", "latin-1"]:
+        order = ["utf-8"] + ([declared] if declared else []) + ["cp1252", "latin-1"]
+        if declared and declared.startswith(("utf-16", "utf-32")) and b"\x00" in data:
+            # UTF-16 text in the ASCII range is valid UTF-8 too (NUL is a byte of UTF-8):
+            # a page that declares it is read as declared first (big-endian without a mark).
+            order = [{"utf-16": "utf-16-be", "utf-32": "utf-32-be"}.get(declared, declared)] + order
+        for codec in order:
             try:
                 text = data.decode(codec)
                 break
-            except UnicodeDecodeError:
+            except (UnicodeError, LookupError):
                 continue
     text = _ANSI.sub("", text)
     text = _OVERSTRIKE.sub("", text)
@@ -177,7 +191,7 @@ def decode_text(data: bytes, name: str, declared: str | None = None) -> str:
     return _CONTROL.sub("", text) if controls else text
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal colour and cursor codes (CSI)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]?[@-~]")  # terminal colour and cursor codes (CSI)
 _OVERSTRIKE = re.compile(r".\x08")  # nroff bold/underline: a character, backspace, the character
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
 

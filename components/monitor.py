@@ -187,7 +187,7 @@ def token() -> str | None:
     path = os.environ.get("TOSGUARD_AUTH_TOKEN_FILE")
     if path:
         return Path(path).read_text(encoding="utf-8").strip() or None
-    return os.environ.get("TOSGUARD_AUTH_TOKEN") or None
+    return os.environ.get("TOSGUARD_AUTH_TOKEN", "").strip() or None
 
 
 def load_reference(model: str) -> dict:

@@ -221,11 +221,21 @@ class _RemoteScorer:
     RETRIES = 3
 
     def __init__(self, url: str):
+        from urllib.parse import urlsplit
+
         from tosguard.components.config import env_number
         from tosguard.components.monitor import token
+        from tosguard.components.storage import redact
 
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"--url {redact(url)}: expected the server's base URL, http(s)://HOST[:PORT][/PATH], "
+                             "without a query")
         self.url = url.rstrip("/")
+        self.shown = redact(self.url)  # what messages print: no credentials
         self.token = token()
+        if self.token and not re.fullmatch(r"[\x21-\x7e]+", self.token):
+            raise ValueError("the bearer token (TOSGUARD_AUTH_TOKEN or its file) holds spaces or control characters")
         # Longer than the server's own 60 s deadline: a replica scaled to zero starts first.
         self.read_timeout = env_number("TOSGUARD_CLIENT_TIMEOUT_S", 300.0, float, low=1)
 
@@ -240,22 +250,24 @@ class _RemoteScorer:
                 response = requests.post(f"{self.url}/v1/models/{NAME}:predict", data=data, headers=headers,
                                          timeout=(10, self.read_timeout))
             except requests.Timeout as exc:
-                raise ConnectionError(f"{self.url} did not answer in time ({type(exc).__name__}; the read "
+                raise ConnectionError(f"{self.shown} did not answer in time ({type(exc).__name__}; the read "
                                       "timeout is TOSGUARD_CLIENT_TIMEOUT_S)") from None
-            except requests.RequestException as exc:
-                raise ConnectionError(f"cannot reach {self.url}: {exc}") from None
+            except (requests.RequestException, ValueError) as exc:  # its text may hold the URL or a header
+                raise ConnectionError(f"cannot reach {self.shown}: {type(exc).__name__}") from None
             if response.status_code != 503 or attempt == self.RETRIES:
                 break
-            time.sleep(min(30.0, float(response.headers.get("Retry-After", "1") or 1)))
+            time.sleep(_retry_after(response.headers.get("Retry-After")))
         if response.status_code != 200:
-            limit = re.search(r"the limit is (\d+) per request", response.text)
-            if response.status_code == 400 and limit and "instances" in body:
-                raise _Smaller(int(limit.group(1)))
-            raise ValueError(f"{self.url} answered HTTP {response.status_code}: {response.text[:500]}")
+            # 400 "... holds N clauses; the limit is L per request", 413 "... the limit is B" (bytes)
+            pattern = r"the limit is (\d{1,9}) per request" if response.status_code == 400 else r"the limit is (\d{1,9})"
+            limit = re.search(pattern, response.text)
+            if limit and "instances" in body and response.status_code in (400, 413):
+                raise _Smaller(int(limit.group(1)), response.status_code == 413)
+            raise ValueError(f"{self.shown} answered HTTP {response.status_code}: {response.text[:500]}")
         try:
             return response.json()[key]
         except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{self.url} answered 200 without a {key!r} field: not a tosguard server? "
+            raise ValueError(f"{self.shown} answered 200 without a {key!r} field: not a tosguard server? "
                              f"(the answer began: {response.text[:200]!r})") from None
 
     def _parts(self, clauses: list[str]):
@@ -274,16 +286,26 @@ class _RemoteScorer:
         results, pending = [], list(clauses)
         while pending:
             part = next(self._parts(pending))
+            done = len(clauses) - len(pending)
             try:
                 answer = self._post({"instances": part}, "predictions")
             except _Smaller as smaller:
-                if smaller.limit < 1 or smaller.limit >= self.CHUNK:
-                    raise ValueError(f"{self.url} refused {len(part)} clauses with a limit of {smaller.limit}") from None
-                self.CHUNK = smaller.limit
-                continue
-            if not isinstance(answer, list) or len(answer) != len(part):
-                raise ValueError(f"{self.url} answered {len(answer) if isinstance(answer, list) else 'no'} "
-                                 f"predictions for {len(part)} clauses")
+                # Shrink once per limit the server names, and only to something smaller than sent.
+                size = sum(len(json.dumps(c, ensure_ascii=False).encode("utf-8")) + 1 for c in part)
+                if smaller.body and 1024 <= smaller.limit // 2 < min(size, self.MAX_BODY) and len(part) > 1:
+                    self.MAX_BODY = smaller.limit // 2
+                    continue
+                if not smaller.body and 1 <= smaller.limit < len(part):
+                    self.CHUNK = smaller.limit
+                    continue
+                raise ValueError(f"{self.shown} refused clauses {done + 1}-{done + len(part)} of the input "
+                                 f"(its limit: {smaller.limit} {'bytes' if smaller.body else 'clauses'})") from None
+            except ValueError as exc:  # the server counts instances[i] from this request's first clause
+                raise ValueError(f"{exc} (that request held clauses {done + 1}-{done + len(part)} of the input)") from None
+            if not (isinstance(answer, list) and len(answer) == len(part)
+                    and all(isinstance(a, dict) and {"unfair", "categories", "scores"} <= a.keys() for a in answer)):
+                raise ValueError(f"{self.shown} answered {len(answer) if isinstance(answer, list) else 'no'} "
+                                 f"well-formed predictions for {len(part)} clauses")
             results += answer
             pending = pending[len(part):]
         return results
@@ -293,11 +315,25 @@ class _RemoteScorer:
 
 
 class _Smaller(Exception):
-    """The server's clause limit per request is lower than the one sent."""
+    """The server's limit per request (clauses; bytes when `body`) is lower than what was sent."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, body: bool = False):
         super().__init__(limit)
-        self.limit = limit
+        self.limit, self.body = limit, body
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP-date), within [0, 30]."""
+    import email.utils
+
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            seconds = 1.0
+    return min(30.0, max(0.0, seconds)) if math.isfinite(seconds) else 1.0
 
 
 def _clauses_from(args) -> list[str]:
@@ -310,9 +346,13 @@ def _clauses_from(args) -> list[str]:
         clauses += [line.strip() for line in text.splitlines() if line.strip()]
     if not clauses:
         raise ValueError("give clauses as arguments, or --file PATH (one clause per line; '-' for stdin)")
-    empty = [i + 1 for i, clause in enumerate(args.text or []) if not clause.strip()]
-    if empty:
-        raise ValueError(f"clause argument {empty[0]} is empty (a server refuses empty clauses too)")
+    for number, clause in enumerate(args.text or [], start=1):
+        if not clause.strip():
+            raise ValueError(f"clause argument {number} is empty (a server refuses empty clauses too)")
+        try:
+            clause.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"clause argument {number} is not valid UTF-8 in this terminal's encoding") from None
     return clauses
 
 

@@ -217,3 +217,31 @@ def test_port_0_means_any_free_port_and_run_checks_server_settings_before_traini
         assert message in capsys.readouterr().err
         monkeypatch.delenv(name)
     assert not (tosguard_home / "out").exists()  # refused before anything ran
+
+
+def test_an_interrupted_start_leaves_no_server_behind(tosguard_home, tmp_path, monkeypatch):
+    """Ctrl-C (or any error) while the server starts: the child is killed, not orphaned
+    without a record that `serve --stop` could find. The server module is stood in for by a
+    process that never gets ready."""
+    import json
+    import subprocess
+
+    from tosguard.components import deploy
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / deploy.CARD_FILE).write_text(json.dumps({"categories": []}))
+    started = []
+    real_popen = subprocess.Popen
+
+    def never_ready(cmd, **kw):
+        process = real_popen(["sleep", "60"], **kw)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(deploy.subprocess, "Popen", never_ready)
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        deploy.start_local_server(str(model), port=0)
+    assert started and started[0].poll() is not None  # killed and reaped
+    assert deploy.read_state() is None

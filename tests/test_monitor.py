@@ -235,3 +235,65 @@ def test_cli_url_client_adapts_to_a_stricter_server_sends_the_token_and_keeps_bo
         assert "HTTP 401" in capsys.readouterr().err
     finally:
         stop_local_server()
+
+
+def test_cli_url_client_against_a_strict_flaky_stub(monkeypatch):
+    """The --url client against a stub that sheds load once (Retry-After as an HTTP-date),
+    limits bodies to 200,000 bytes (413) and requests to 30 clauses (400): every clause
+    comes back, in order; a token with a trailing newline is stripped, one with inner
+    control characters is refused without being printed; a URL with a query is refused."""
+    import email.utils
+    import http.server
+    import threading
+    import time
+
+    from tosguard.pipelines import cli
+
+    seen = {"requests": 0, "shed": False, "auth": set()}
+
+    class Stub(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen["requests"] += 1
+            seen["auth"].add(self.headers.get("Authorization"))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if not seen["shed"]:
+                seen["shed"] = True
+                return self._answer(503, {"error": "busy"}, {"Retry-After": email.utils.formatdate(time.time() + 1)})
+            if len(body) > 200_000:
+                return self._answer(413, {"error": f"request body of {len(body)} bytes; the limit is 200000"})
+            clauses = json.loads(body)["instances"]
+            if len(clauses) > 30:
+                return self._answer(400, {"error": f'"instances" holds {len(clauses)} clauses; the limit is 30 per request'})
+            seen.setdefault("sizes", []).append(len(clauses))
+            self._answer(200, {"predictions": [{"unfair": False, "categories": [], "scores": {"n": float(c.split()[0])}}
+                                               for c in clauses]})
+
+        def _answer(self, status, payload, headers=None):
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            for k, v in {"Content-Length": str(len(data)), **(headers or {})}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{stub.server_address[1]}"
+    try:
+        monkeypatch.setenv("TOSGUARD_AUTH_TOKEN", "tok-123\n")
+        clauses = [f"{i} " + "\u00e9" * 1000 for i in range(600)]
+        scores = [r["scores"]["n"] for r in cli._RemoteScorer(url).score(clauses)]
+        assert scores == [float(i) for i in range(600)] and seen["auth"] == {"Bearer tok-123"}
+        assert set(seen["sizes"]) == {30} and seen["requests"] == 3 + 20  # 503, 413, 400, then 20 of 30
+        monkeypatch.setenv("TOSGUARD_AUTH_TOKEN", "tok\n123")
+        with pytest.raises(ValueError, match="spaces or control characters") as refused:
+            cli._RemoteScorer(url)
+        assert "tok" not in str(refused.value).replace("token", "")
+        with pytest.raises(ValueError, match="without a query"):
+            cli._RemoteScorer(url + "/?token=abc")
+    finally:
+        stub.shutdown()
+    assert cli._retry_after("-5") == 0.0 and cli._retry_after("abc") == 1.0 and cli._retry_after("1e9") == 30.0

@@ -65,7 +65,7 @@ def auth_token() -> str | None:
     if path:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip() or None
-    return os.environ.get("TOSGUARD_AUTH_TOKEN") or None
+    return os.environ.get("TOSGUARD_AUTH_TOKEN", "").strip() or None
 
 
 class Response:
