@@ -1,5 +1,6 @@
 """Drift watch against a real server: its /metrics after a familiar and a drifted stream,
 compared with the model's test reference, through `tosguard monitor --url`."""
+import contextlib
 import json
 import random
 import shutil
@@ -47,6 +48,33 @@ def server(spread_model, tosguard_home, monkeypatch):
     state = start_local_server(str(spread_model), port=free_port())
     yield state
     stop_local_server()
+
+
+@contextlib.contextmanager
+def _stub(answer):
+    """A plain HTTP server on 127.0.0.1 whose POSTs are answered by answer(path, headers,
+    body) -> (status, body bytes, extra headers); yields its base URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            status, data, headers = answer(self.path, self.headers, self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(status)
+            for key, value in {"Content-Length": str(len(data)), **headers}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
 def _test_clauses(data_slice_dir) -> list[str]:
@@ -181,9 +209,6 @@ def test_cli_url_clients_split_long_lists_and_spot_a_server_that_is_not_tosguard
     """predict --url with more clauses than one request may hold (256) goes in several
     requests and agrees with the same model in process; a server that answers 200 without
     tosguard's fields gets a clear error, not a KeyError."""
-    import http.server
-    import threading
-
     clauses = [f"we may terminate your account number {i} at any time ." for i in range(300)]
     (tmp_path / "many.txt").write_text("\n".join(clauses))
     assert main(["predict", "--url", server["url"], "--file", str(tmp_path / "many.txt"), "--json"]) == 0
@@ -191,27 +216,10 @@ def test_cli_url_clients_split_long_lists_and_spot_a_server_that_is_not_tosguard
     assert main(["predict", "--model", str(spread_model), "--file", str(tmp_path / "many.txt"), "--json"]) == 0
     local = json.loads(capsys.readouterr().out)["predictions"]
     assert len(remote) == 300 and [r["categories"] for r in remote] == [r["categories"] for r in local]
-
-    class NotTosguard(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = b"<html>hello</html>" if "html" in self.path or self.server.html else b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotTosguard)
-    threading.Thread(target=other.serve_forever, daemon=True).start()
-    try:
-        for html in (False, True):
-            other.html = html
-            assert main(["predict", "--url", f"http://127.0.0.1:{other.server_address[1]}", "one clause ."]) == 2
+    for reply in (b'{"ok": true}', b"<html>hello</html>"):
+        with _stub(lambda path, headers, body: (200, reply, {})) as url:
+            assert main(["predict", "--url", url, "one clause ."]) == 2
             assert "without a 'predictions' field: not a tosguard server" in capsys.readouterr().err
-    finally:
-        other.shutdown()
 
 
 def test_cli_url_client_adapts_to_a_stricter_server_sends_the_token_and_keeps_bodies_small(
@@ -243,46 +251,29 @@ def test_cli_url_client_against_a_strict_flaky_stub(monkeypatch):
     comes back, in order; a token with a trailing newline is stripped, one with inner
     control characters is refused without being printed; a URL with a query is refused."""
     import email.utils
-    import http.server
-    import threading
     import time
 
     from tosguard.pipelines import cli
 
-    seen = {"requests": 0, "shed": False, "auth": set()}
+    seen = {"requests": 0, "shed": False, "auth": set(), "sizes": []}
 
-    class Stub(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            seen["requests"] += 1
-            seen["auth"].add(self.headers.get("Authorization"))
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if not seen["shed"]:
-                seen["shed"] = True
-                return self._answer(503, {"error": "busy"}, {"Retry-After": email.utils.formatdate(time.time() + 1)})
-            if len(body) > 200_000:
-                return self._answer(413, {"error": f"request body of {len(body)} bytes; the limit is 200000"})
-            clauses = json.loads(body)["instances"]
-            if len(clauses) > 30:
-                return self._answer(400, {"error": f'"instances" holds {len(clauses)} clauses; the limit is 30 per request'})
-            seen.setdefault("sizes", []).append(len(clauses))
-            self._answer(200, {"predictions": [{"unfair": False, "categories": [], "scores": {"n": float(c.split()[0])}}
-                                               for c in clauses]})
+    def answer(path, headers, body):
+        seen["requests"] += 1
+        seen["auth"].add(headers.get("Authorization"))
+        if not seen["shed"]:
+            seen["shed"] = True
+            return 503, b'{"error": "busy"}', {"Retry-After": email.utils.formatdate(time.time() + 1)}
+        if len(body) > 200_000:
+            return 413, json.dumps({"error": f"request body of {len(body)} bytes; the limit is 200000"}).encode(), {}
+        clauses = json.loads(body)["instances"]
+        if len(clauses) > 30:
+            message = f'"instances" holds {len(clauses)} clauses; the limit is 30 per request'
+            return 400, json.dumps({"error": message}).encode(), {}
+        seen["sizes"].append(len(clauses))
+        predictions = [{"unfair": False, "categories": [], "scores": {"n": float(c.split()[0])}} for c in clauses]
+        return 200, json.dumps({"predictions": predictions}).encode(), {}
 
-        def _answer(self, status, payload, headers=None):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            for k, v in {"Content-Length": str(len(data)), **(headers or {})}.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stub)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{stub.server_address[1]}"
-    try:
+    with _stub(answer) as url:
         monkeypatch.setenv("TOSGUARD_AUTH_TOKEN", "tok-123\n")
         clauses = [f"{i} " + "\u00e9" * 1000 for i in range(600)]
         scores = [r["scores"]["n"] for r in cli._RemoteScorer(url).score(clauses)]
@@ -294,6 +285,4 @@ def test_cli_url_client_against_a_strict_flaky_stub(monkeypatch):
         assert "tok" not in str(refused.value).replace("token", "")
         with pytest.raises(ValueError, match="without a query"):
             cli._RemoteScorer(url + "/?token=abc")
-    finally:
-        stub.shutdown()
     assert cli._retry_after("-5") == 0.0 and cli._retry_after("abc") == 1.0 and cli._retry_after("1e9") == 30.0
