@@ -207,8 +207,7 @@ def start_local_server(model_dir: str, port: int | None = None, timeout: float =
                     break
             except requests.RequestException:
                 pass
-            if time.time() > deadline:
-                os.killpg(process.pid, signal.SIGKILL)
+            if time.time() > deadline:  # the handler below kills it
                 raise TimeoutError(f"the local model server was not ready after {timeout:.0f} s; see {log_path}")
             time.sleep(0.5)
     except BaseException:  # Ctrl-C, timeout, a failed start: leave no server without a record

@@ -270,10 +270,15 @@ class _RemoteScorer:
             raise ValueError(f"{self.shown} answered 200 without a {key!r} field: not a tosguard server? "
                              f"(the answer began: {response.text[:200]!r})") from None
 
+    @staticmethod
+    def _bytes(clause: str) -> int:
+        """A clause's share of a request body: its UTF-8 JSON string and a comma."""
+        return len(json.dumps(clause, ensure_ascii=False).encode("utf-8")) + 1
+
     def _parts(self, clauses: list[str]):
         part, size = [], 0
         for clause in clauses:
-            length = len(json.dumps(clause, ensure_ascii=False).encode("utf-8")) + 1
+            length = self._bytes(clause)
             if part and (len(part) >= self.CHUNK or size + length > self.MAX_BODY):
                 yield part
                 part, size = [], 0
@@ -291,7 +296,7 @@ class _RemoteScorer:
                 answer = self._post({"instances": part}, "predictions")
             except _Smaller as smaller:
                 # Shrink once per limit the server names, and only to something smaller than sent.
-                size = sum(len(json.dumps(c, ensure_ascii=False).encode("utf-8")) + 1 for c in part)
+                size = sum(map(self._bytes, part))
                 if smaller.body and 1024 <= smaller.limit // 2 < min(size, self.MAX_BODY) and len(part) > 1:
                     self.MAX_BODY = smaller.limit // 2
                     continue
