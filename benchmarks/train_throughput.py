@@ -7,7 +7,11 @@ Both run the same optimizer steps on the same LoRA model (all-MiniLM-L6-v2 by de
 over a pass through the same train rows; the script prints samples/s, real tokens/s and
 the share of compute spent on padding, and ends with a line `RESULT {json}`.
 
+With --cpu-bf16 (a CPU with native bf16) a third row times tosguard's loader with the
+training step under bf16 autocast, as the `cpu_bf16` setting trains (the quality preset).
+
     .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--method lora] [--batch-size 32]
+        [--base-model NAME] [--cpu-bf16]
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 
-def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, device, warm_pass=False):
+def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, device, warm_pass=False, bf16=None):
     from tosguard.components.modeling import pad_batch
 
     model.train()
@@ -37,7 +41,7 @@ def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, devi
         if device.type == "cuda":
             torch.cuda.synchronize()
         cold_started = time.perf_counter()
-        _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, device)
+        _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, device, bf16=bf16)
         cold_seconds = time.perf_counter() - cold_started
     for i, batch in enumerate(batches):
         rows = [input_ids[j] for j in batch]
@@ -48,8 +52,8 @@ def _run(model, optimizer, batches, input_ids, labels, pad_id, fixed_width, devi
         else:
             ids, mask = pad_batch(rows, pad_id)
         target = torch.from_numpy(labels[batch]).to(device)
-        # As the training loop does: bf16 autocast on CUDA, fp32 on a CPU.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        # As the training loop does: bf16 autocast on CUDA, fp32 on a CPU unless cpu_bf16.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if bf16 is None else bf16):
             logits = model(ids.to(device), mask.to(device))
         loss = loss_fn(logits.float(), target)
         loss.backward()
@@ -104,6 +108,8 @@ def main(argv=None) -> int:
                         help="run every batch once untimed first (steady state; shapes already seen)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU "
                                                           "(default: from the CUDA device name)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="also time tosguard's loader under bf16 autocast on this CPU (needs native bf16)")
     args = parser.parse_args(argv)
 
     from datasets import load_from_disk
@@ -111,9 +117,12 @@ def main(argv=None) -> int:
     from tosguard.components.download import download
     from tosguard.components.modeling import build_classifier, resolve_base_model
     from tosguard.components.tokenize import tokenize
-    from tosguard.components.train.loop import length_grouped_batches
+    from tosguard.components.train.loop import cpu_bf16_native, length_grouped_batches
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cpu_bf16 and (device.type == "cuda" or not cpu_bf16_native()):
+        parser.error("--cpu-bf16 compares precisions on a CPU with native bf16 (AVX512-BF16/AMX); "
+                     "this machine has " + ("CUDA (always bf16)" if device.type == "cuda" else "no native bf16"))
     with tempfile.TemporaryDirectory() as tmp:
         download("bundled", f"{tmp}/raw")
         tokenize(f"{tmp}/raw", args.base_model, args.max_length, f"{tmp}/tok")
@@ -133,7 +142,10 @@ def main(argv=None) -> int:
     grouped_batches = [rows[b] for b in grouped_local]
 
     results = {}
-    for name, batches, width in (("seed_recipe", seed_batches, args.max_length), ("tosguard", grouped_batches, None)):
+    runs = [("seed_recipe", seed_batches, args.max_length, None), ("tosguard", grouped_batches, None, None)]
+    if args.cpu_bf16:
+        runs.append(("tosguard_bf16", grouped_batches, None, True))
+    for name, batches, width, bf16 in runs:
         torch.manual_seed(0)
         model = build_classifier(resolve_base_model(args.base_model), args.method)
         if args.method != "qlora":
@@ -141,7 +153,7 @@ def main(argv=None) -> int:
         else:  # the 4-bit encoder is placed on load; the head is not (as the training loop does)
             model.classifier.to(device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
-        results[name] = _run(model, optimizer, batches, input_ids, labels, 0, width, device, args.warm_pass)
+        results[name] = _run(model, optimizer, batches, input_ids, labels, 0, width, device, args.warm_pass, bf16)
         r = results[name]
         width = r["padded_tokens_per_s"] / r["samples_per_s"]
         flops = train_flops_per_token(model.encoder.config, args.method, width) * r["padded_tokens_per_s"]
@@ -157,11 +169,16 @@ def main(argv=None) -> int:
               flush=True)
     speedup = results["tosguard"]["samples_per_s"] / results["seed_recipe"]["samples_per_s"]
     print(f"speedup (samples/s): {speedup:.2f}x")
+    if args.cpu_bf16:
+        bf16_speedup = results["tosguard_bf16"]["samples_per_s"] / results["tosguard"]["samples_per_s"]
+        print(f"cpu bf16 autocast against fp32 (samples/s, tosguard's loader): {bf16_speedup:.2f}x")
     summary = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "method": args.method,
         "base_model": args.base_model, "batch_size": args.batch_size, "timed_steps": args.steps,
         "mean_train_tokens": float(np.mean(lengths)), **results, "speedup": speedup,
+        "cpu_bf16_speedup": (results["tosguard_bf16"]["samples_per_s"] / results["tosguard"]["samples_per_s"]
+                             if args.cpu_bf16 else None),
     }
     print("RESULT " + json.dumps(summary))
     return 0

@@ -291,3 +291,43 @@ def test_the_lexical_refit_setting_does_not_orphan_a_checkpoint(tokenized_dir, t
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
     card = json.loads((tmp_path / "b" / "tosguard.json").read_text())
     assert card["lexical"]["fit_on"] == "train+validation"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_trains_under_autocast_only_where_native_and_scores_in_fp32(native, tokenized_dir, tmp_path,
+                                                                             monkeypatch):
+    """cpu_bf16: the training step's linear layers compute in bf16 on a CPU with native bf16;
+    validation (and so the card's scores) stays fp32; a CPU without it trains in fp32."""
+    from tosguard.components.train import loop
+
+    if native and not loop.cpu_bf16_native():
+        pytest.skip("this CPU has no native bf16")
+    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: native)
+    seen = {True: set(), False: set()}  # module.training -> output dtypes of linear layers
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
+            seen[module.training].add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        config = TrainConfig(method="lora", epochs=1, max_steps=4, batch_size=8, checkpoint_every=0,
+                             validation_subset=32, cpu_bf16=True)
+        loop.train(str(tokenized_dir), config, str(tmp_path / "m"))
+    finally:
+        handle.remove()
+    assert seen[True] == ({torch.bfloat16} if native else {torch.float32})
+    assert seen[False] == {torch.float32}  # validation scores in fp32
+    card = json.loads((tmp_path / "m" / "tosguard.json").read_text())
+    assert card["train_precision"] == ("bf16" if native else "fp32")
+    assert preset("quality").cpu_bf16 and not preset("default").cpu_bf16
+
+
+def test_cpu_bf16_keys_stored_models_and_checkpoints_only_when_on():
+    """A model trained under bf16 autocast is not reused for an fp32 request (or back), while
+    the models stored before the setting existed keep their keys."""
+    on, off = TrainConfig(cpu_bf16=True), TrainConfig()
+    assert "cpu_bf16" not in off.key_json() and on.key_json() != off.key_json()
+    assert TrainConfig.from_dict({"preset": "default", "cpu_bf16": "true"}).cpu_bf16 is True
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        TrainConfig.from_dict({"cpu_bf16": "yes please"})

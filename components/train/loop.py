@@ -53,6 +53,14 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
     return batches
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (oneDNN: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the probe
+        return False
+
+
 def distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank); joins the process group when torchrun started us."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -94,6 +102,7 @@ class Setup:
     base_path: str
     device: torch.device
     compute_dtype: torch.dtype
+    autocast: bool  # the training step runs under bf16 autocast
     rank: int
     world: int
     train_ds: object
@@ -126,6 +135,10 @@ def _set_up(tokenized_dir: str, config: TrainConfig, teacher_scores: np.ndarray 
         torch.cuda.set_device(local_rank)
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     compute_dtype = torch.bfloat16 if cuda else torch.float32
+    # bf16 autocast for the training step: always on CUDA; on a CPU only when asked and native.
+    autocast = cuda or (config.cpu_bf16 and cpu_bf16_native())
+    if config.cpu_bf16 and not cuda and not autocast and rank == 0:
+        log.info("cpu_bf16: this CPU has no native bf16 (AVX512-BF16/AMX); training in fp32")
 
     data = load_from_disk(tokenized_dir)
     train_ds = data["train"]
@@ -173,7 +186,7 @@ def _set_up(tokenized_dir: str, config: TrainConfig, teacher_scores: np.ndarray 
 
         forward = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
     return Setup(
-        config=config, base_path=base_path, device=device, compute_dtype=compute_dtype, rank=rank, world=world,
+        config=config, base_path=base_path, device=device, compute_dtype=compute_dtype, autocast=autocast, rank=rank, world=world,
         train_ds=train_ds, val_ds=val_ds, tokenizer=tokenizer, labels=labels, soft=soft, lexical=lexical_side,
         val_lexical=val_lexical, model=model, forward=forward,
         optimizer=optimizer, scheduler=scheduler, clipped=encoder_params + head_params, total_steps=total_steps,
@@ -291,7 +304,7 @@ def _train_epoch(s: Setup, p: Progress, rng: np.random.Generator, resuming: bool
             if s.soft is not None:  # the gold labels mixed with the teacher's scores
                 w = config.distill_weight
                 target = (1 - w) * target + w * torch.from_numpy(s.soft[batch]).to(s.device)
-            with torch.autocast(s.device.type, dtype=s.compute_dtype, enabled=s.device.type == "cuda"):
+            with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
                 logits = s.forward(ids.to(s.device), mask.to(s.device))
             loss = loss_fn(logits.float(), target)
             (loss / accumulate).backward()
@@ -464,7 +477,7 @@ def train(tokenized_dir: str, config: TrainConfig, output_dir: str, mlflow=None,
     card = {
         "categories": list(CATEGORIES),
         "base_model": config.base_model, "method": config.method, "max_length": config.max_length,
-        "pooling": "mean", "best_epoch": p.best["epoch"], "val_macro_f1": p.best["macro_f1"], **fitted,
+        "pooling": "mean", "train_precision": "bf16" if s.autocast else "fp32", "best_epoch": p.best["epoch"], "val_macro_f1": p.best["macro_f1"], **fitted,
     }
     if out_of_fold_macro is not None:
         card["val_macro_f1_out_of_fold"] = out_of_fold_macro
