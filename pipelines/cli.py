@@ -263,6 +263,10 @@ class _RemoteScorer:
             limit = re.search(pattern, response.text)
             if limit and "instances" in body and response.status_code in (400, 413):
                 raise _Smaller(int(limit.group(1)), response.status_code == 413)
+            # A document past the server's size or clause limit, or its body limit.
+            if "document" in body and (response.status_code == 413 or re.search(
+                    r"has \d+ characters; the limit is \d+|splits into \d+ clauses; the limit is \d+", response.text)):
+                raise _Smaller(int(limit.group(1)) if limit else 0, response.status_code == 413)
             raise ValueError(f"{self.shown} answered HTTP {response.status_code}: {response.text[:500]}")
         try:
             return response.json()[key]
@@ -316,7 +320,18 @@ class _RemoteScorer:
         return results
 
     def analyze(self, document: str) -> dict:
-        return self._post({"document": document}, "document")
+        """The server's document report; for a document past its limits, the same report
+        made here: split as the server splits, the clauses scored in parts."""
+        try:
+            return self._post({"document": document}, "document")
+        except _Smaller:
+            from tosguard.components.serving.scorer import document_report
+            from tosguard.components.serving.split import split_sentences
+
+            spans = split_sentences(document)
+            print(f"tosguard: {self.shown} takes no document this large; splitting it here into {len(spans)} "
+                  "clauses and sending them in parts", file=sys.stderr)
+            return document_report(document, spans, self.score([document[s:e] for s, e in spans]))
 
 
 class _Smaller(Exception):

@@ -286,3 +286,43 @@ def test_cli_url_client_against_a_strict_flaky_stub(monkeypatch):
         with pytest.raises(ValueError, match="without a query"):
             cli._RemoteScorer(url + "/?token=abc")
     assert cli._retry_after("-5") == 0.0 and cli._retry_after("abc") == 1.0 and cli._retry_after("1e9") == 30.0
+
+
+def test_analyze_url_splits_a_document_past_the_servers_limits_as_the_server_would(
+        spread_model, tosguard_home, monkeypatch, tmp_path, capsys):
+    """A server that takes documents of at most 3,000 characters and 12 clauses: analyze --url
+    on a longer document (and on a short one of many clauses) splits it here and sends the
+    clauses in parts; the report is the one the same model gives in process."""
+    from tosguard.components.deploy import start_local_server, stop_local_server
+
+    monkeypatch.setenv("TOSGUARD_SERVE_PRECISION", "fp32")
+    monkeypatch.setenv("TOSGUARD_MAX_DOCUMENT_CHARS", "3000")
+    monkeypatch.setenv("TOSGUARD_MAX_DOCUMENT_CLAUSES", "12")
+    sentences = ["We may terminate your account at any time without notice.",
+                 "You agree that any dispute will be resolved by binding arbitration in Delaware.",
+                 "We are not liable for any damages arising from your use of the service.",
+                 "These terms are governed by the laws of the State of California.",
+                 "You can contact us at any time by e-mail."]
+    long_doc = tmp_path / "long.txt"
+    long_doc.write_text("\n\n".join(f"{i}. {sentences[i % 5]}" for i in range(80)))  # ~6,000 characters
+    many = tmp_path / "many.txt"
+    many.write_text(" ".join(sentences * 4))  # 20 clauses in 1,300 characters
+    short = tmp_path / "short.txt"
+    short.write_text(" ".join(sentences))
+    state = start_local_server(str(spread_model), port=free_port())
+    try:
+        for doc, split_here in ((long_doc, True), (many, True), (short, False)):
+            reports = []
+            for where in (["--url", state["url"]], ["--model", str(spread_model)]):
+                out = tmp_path / f"{doc.stem}-{where[0][2:]}.json"
+                assert main(["analyze", str(doc), *where, "--no-explain", "--json", str(out)]) == 0
+                reports.append(json.loads(out.read_text()))
+            err = capsys.readouterr().err
+            assert ("takes no document this large; splitting it here" in err) == split_here
+            remote, local = reports
+            assert remote["sentences"] == local["sentences"] and remote["sentences"] > 0
+            assert [(f["start"], f["end"], f["categories"]) for f in remote["flagged"]] == \
+                   [(f["start"], f["end"], f["categories"]) for f in local["flagged"]]
+        assert json.loads((tmp_path / "long-url.json").read_text())["sentences"] > 80
+    finally:
+        stop_local_server()
