@@ -263,10 +263,13 @@ class _RemoteScorer:
             limit = re.search(pattern, response.text)
             if limit and "instances" in body and response.status_code in (400, 413):
                 raise _Smaller(int(limit.group(1)), response.status_code == 413)
-            # A document past the server's size or clause limit, or its body limit.
-            if "document" in body and (response.status_code == 413 or re.search(
-                    r"has \d+ characters; the limit is \d+|splits into \d+ clauses; the limit is \d+", response.text)):
-                raise _Smaller(int(limit.group(1)) if limit else 0, response.status_code == 413)
+            # A document past the server's size or clause limit (400), or its body limit (413).
+            reason = re.search(r"has \d{1,12} characters; the limit is \d{1,12}|splits into \d{1,12} clauses; "
+                               r"the limit is \d{1,12}|the limit is \d{1,12}", response.text)
+            if "document" in body and (response.status_code == 413 or (
+                    response.status_code == 400 and reason and not reason.group(0).startswith("the limit"))):
+                raise _Smaller(int(reason.group(0).rsplit(" ", 1)[1]) if reason else 0, response.status_code == 413,
+                               reason.group(0) if reason else "")
             raise ValueError(f"{self.shown} answered HTTP {response.status_code}: {response.text[:500]}")
         try:
             return response.json()[key]
@@ -324,22 +327,24 @@ class _RemoteScorer:
         made here: split as the server splits, the clauses scored in parts."""
         try:
             return self._post({"document": document}, "document")
-        except _Smaller:
+        except _Smaller as refused:
             from tosguard.components.serving.scorer import document_report
             from tosguard.components.serving.split import split_sentences
 
             spans = split_sentences(document)
-            print(f"tosguard: {self.shown} takes no document this large; splitting it here into {len(spans)} "
-                  "clauses and sending them in parts", file=sys.stderr)
+            why = (f"the document {refused.reason}" if not refused.body else
+                   f"HTTP 413, {refused.reason}" if refused.reason else "HTTP 413: the body was too large")
+            print(f"tosguard: {self.shown} refused the whole document ({why}); splitting it here, as the server "
+                  f"would, into {len(spans)} clauses and sending them in parts", file=sys.stderr)
             return document_report(document, spans, self.score([document[s:e] for s, e in spans]))
 
 
 class _Smaller(Exception):
     """The server's limit per request (clauses; bytes when `body`) is lower than what was sent."""
 
-    def __init__(self, limit: int, body: bool = False):
+    def __init__(self, limit: int, body: bool = False, reason: str = ""):
         super().__init__(limit)
-        self.limit, self.body = limit, body
+        self.limit, self.body, self.reason = limit, body, reason
 
 
 def _retry_after(value: str | None) -> float:

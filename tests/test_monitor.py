@@ -318,7 +318,7 @@ def test_analyze_url_splits_a_document_past_the_servers_limits_as_the_server_wou
                 assert main(["analyze", str(doc), *where, "--no-explain", "--json", str(out)]) == 0
                 reports.append(json.loads(out.read_text()))
             err = capsys.readouterr().err
-            assert ("takes no document this large; splitting it here" in err) == split_here
+            assert ("refused the whole document (the document " in err and "splitting it here" in err) == split_here
             remote, local = reports
             assert remote["sentences"] == local["sentences"] and remote["sentences"] > 0
             assert [(f["start"], f["end"], f["categories"]) for f in remote["flagged"]] == \
@@ -326,3 +326,29 @@ def test_analyze_url_splits_a_document_past_the_servers_limits_as_the_server_wou
         assert json.loads((tmp_path / "long-url.json").read_text())["sentences"] > 80
     finally:
         stop_local_server()
+
+
+def test_analyze_url_falls_back_on_a_proxys_413_but_not_on_other_refusals(capsys):
+    """A proxy's 413 (HTML, no limit named) sends the document as clauses, whose flagged
+    offsets point into the document; a 400 for another reason is reported, not worked around."""
+    from tosguard.pipelines import cli
+
+    refusal = {"status": 413, "body": b"<html><h1>413 Request Entity Too Large</h1></html>"}
+
+    def answer(path, headers, body):
+        data = json.loads(body)
+        if "document" in data:
+            return refusal["status"], refusal["body"], {}
+        predictions = [{"unfair": "terminate" in c, "categories": ["Unilateral termination"] if "terminate" in c else [],
+                        "scores": {"Unilateral termination": 0.9 if "terminate" in c else 0.1}} for c in data["instances"]]
+        return 200, json.dumps({"predictions": predictions}).encode(), {}
+
+    document = "Welcome to the service. We may terminate your account at any time. Thanks for reading."
+    with _stub(answer) as url:
+        report = cli._RemoteScorer(url).analyze(document)
+        assert "HTTP 413: the body was too large" in capsys.readouterr().err
+        assert report["sentences"] == 3 and [document[f["start"]:f["end"]] for f in report["flagged"]] == \
+               ["We may terminate your account at any time."]
+        refusal.update(status=400, body=b'{"error": "\\"document\\" must be a non-empty string"}')
+        with pytest.raises(ValueError, match="HTTP 400.*non-empty string"):
+            cli._RemoteScorer(url).analyze(document)

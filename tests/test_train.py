@@ -324,8 +324,10 @@ def test_cpu_bf16_trains_under_autocast_only_where_native_and_scores_in_fp32(nat
 
 
 def test_cpu_bf16_keys_stored_models_and_checkpoints_only_when_on():
-    """A model trained under bf16 autocast is not reused for an fp32 request (or back), while
-    the models stored before the setting existed keep their keys."""
+    """The setting as asked for keys stored models and checkpoints: a request with cpu_bf16
+    does not reuse a model stored without it (or back), and models stored before the setting
+    existed keep their keys. (What a run actually used is the card's train_precision: fp32
+    on a CPU without native bf16, bf16 on CUDA either way.)"""
     on, off = TrainConfig(cpu_bf16=True), TrainConfig()
     assert "cpu_bf16" not in off.key_json() and on.key_json() != off.key_json()
     assert TrainConfig.from_dict({"preset": "default", "cpu_bf16": "true"}).cpu_bf16 is True
