@@ -169,16 +169,16 @@ def main(argv=None) -> int:
               flush=True)
     speedup = results["tosguard"]["samples_per_s"] / results["seed_recipe"]["samples_per_s"]
     print(f"speedup (samples/s): {speedup:.2f}x")
-    if args.cpu_bf16:
-        bf16_speedup = results["tosguard_bf16"]["samples_per_s"] / results["tosguard"]["samples_per_s"]
+    bf16_speedup = (results["tosguard_bf16"]["samples_per_s"] / results["tosguard"]["samples_per_s"]
+                    if args.cpu_bf16 else None)
+    if bf16_speedup is not None:
         print(f"cpu bf16 autocast against fp32 (samples/s, tosguard's loader): {bf16_speedup:.2f}x")
     summary = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "method": args.method,
         "base_model": args.base_model, "batch_size": args.batch_size, "timed_steps": args.steps,
         "mean_train_tokens": float(np.mean(lengths)), **results, "speedup": speedup,
-        "cpu_bf16_speedup": (results["tosguard_bf16"]["samples_per_s"] / results["tosguard"]["samples_per_s"]
-                             if args.cpu_bf16 else None),
+        "cpu_bf16_speedup": bf16_speedup,
     }
     print("RESULT " + json.dumps(summary))
     return 0

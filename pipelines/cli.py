@@ -328,15 +328,13 @@ class _RemoteScorer:
         try:
             return self._post({"document": document}, "document")
         except _Smaller as refused:
-            from tosguard.components.serving.scorer import document_report
-            from tosguard.components.serving.split import split_sentences
+            from tosguard.components.serving.scorer import analyze_document
 
-            spans = split_sentences(document)
             why = (f"the document {refused.reason}" if not refused.body else
                    f"HTTP 413, {refused.reason}" if refused.reason else "HTTP 413: the body was too large")
             print(f"tosguard: {self.shown} refused the whole document ({why}); splitting it here, as the server "
-                  f"would, into {len(spans)} clauses and sending them in parts", file=sys.stderr)
-            return document_report(document, spans, self.score([document[s:e] for s, e in spans]))
+                  "would, and sending its clauses in parts", file=sys.stderr)
+            return analyze_document(document, self.score)
 
 
 class _Smaller(Exception):

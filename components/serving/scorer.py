@@ -114,9 +114,14 @@ class ClauseScorer:
 
     def analyze(self, document: str) -> dict:
         """A whole ToS text -> {sentences, unfair, flagged: [{clause, start, end, ...}]}."""
-        spans = split_sentences(document)
-        clauses = [document[s:e] for s, e in spans]
-        return document_report(document, spans, self.score(clauses))
+        return analyze_document(document, self.score)
+
+
+def analyze_document(document: str, score) -> dict:
+    """Split a document as the server does, score its clauses with `score` (a list of
+    clauses -> their results), and report (the `--url` client uses it too)."""
+    spans = split_sentences(document)
+    return document_report(document, spans, score([document[s:e] for s, e in spans]))
 
 
 def document_report(document: str, spans: list[tuple[int, int]], results: list[dict]) -> dict:

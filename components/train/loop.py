@@ -101,7 +101,6 @@ class Setup:
     config: TrainConfig
     base_path: str
     device: torch.device
-    compute_dtype: torch.dtype
     autocast: bool  # the training step runs under bf16 autocast
     rank: int
     world: int
@@ -186,7 +185,7 @@ def _set_up(tokenized_dir: str, config: TrainConfig, teacher_scores: np.ndarray 
 
         forward = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
     return Setup(
-        config=config, base_path=base_path, device=device, compute_dtype=compute_dtype, autocast=autocast, rank=rank, world=world,
+        config=config, base_path=base_path, device=device, autocast=autocast, rank=rank, world=world,
         train_ds=train_ds, val_ds=val_ds, tokenizer=tokenizer, labels=labels, soft=soft, lexical=lexical_side,
         val_lexical=val_lexical, model=model, forward=forward,
         optimizer=optimizer, scheduler=scheduler, clipped=encoder_params + head_params, total_steps=total_steps,
