@@ -48,6 +48,31 @@ def test_html_markdown_and_pdf_become_the_text_a_person_reads():
         pdf_text(b"%PDF-1.4 garbage")
 
 
+def test_an_html_construct_left_open_at_the_end_is_dropped_in_one_pass(monkeypatch):
+    """A page ending in a tag, comment or end tag that never closes reads as a browser reads
+    it: the open construct is dropped, the text before it kept. Python 3.11's parser instead
+    reparsed such a tail at close() once per '<', each pass scanning to the end (quadratic:
+    CVE-2025-6069); counting the parser's tag scans shows the tail is scanned once, not per '<'."""
+    from html.parser import HTMLParser
+
+    assert html_text("<p>We may end your account.</p><a href='https://x.example") == "We may end your account."
+    assert html_text("<p>Fees apply.</p><!-- a comment that never closes <p>hidden</p>") == "Fees apply."
+    assert html_text("<p>If x < y, we pay.</p></") == "If x < y, we pay."
+    assert html_text("<p>Caf&eacute; &amp; co") == "Caf\u00e9 & co"  # open text and charrefs still flushed
+    scans = {"n": 0}
+    for name in ("parse_starttag", "parse_endtag", "parse_comment"):
+        real = getattr(HTMLParser, name)
+
+        def counted(self, i, _real=real):
+            scans["n"] += 1
+            return _real(self, i)
+        monkeypatch.setattr(HTMLParser, name, counted)
+    for tail in ("<a " * 3000, "<!--" * 3000, "</a " * 3000, "<a b='" * 3000):
+        scans["n"] = 0
+        assert html_text("<p>Terms.</p>" + tail) == "Terms."
+        assert scans["n"] <= 3, (tail[:6], scans["n"])  # <p>, </p> and the open tail once; was ~3,000
+
+
 def test_analyze_reads_every_kind_and_writes_table_json_and_a_self_contained_page(trained_model_dir, tmp_path, capsys):
     files = {"terms.txt": TERMS.encode(), "terms.md": ("# Terms\n\n" + TERMS).encode(),
              "terms.html": f"<html><body><main><p>{TERMS}</p></main></body></html>".encode(),

@@ -57,7 +57,7 @@ def test_a_corrupted_row_names_file_and_line(data_slice_dir, tmp_path, bad_line,
     path.write_text("".join(lines))
     with pytest.raises(DataError) as err:
         download(str(folder), str(tmp_path / "out"))
-    assert f"validation.jsonl:7: " in str(err.value)
+    assert "validation.jsonl:7: " in str(err.value)
     assert message in str(err.value)
     assert not (tmp_path / "out").exists(), "nothing is written from bad data"
 
