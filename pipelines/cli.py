@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -126,7 +127,43 @@ def _cmd_compile(args) -> int:
     build = make_drift_pipeline if args.drift_watch else make_pipeline
     compiler.Compiler().compile(build(pool, cluster, PRESETS[args.preset], PRESET_GATE_FLOORS[args.preset]),
                                 package_path=args.output)
+    from tosguard.pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE
+
     print(f"wrote {args.output}")
+    print(f"it runs {BASE_IMAGE} and {TRAINER_IMAGE}, and serves {SERVING_IMAGE} by default: "
+          "`tosguard images` prints the commands that build and push them")
+    return 0
+
+
+def _cmd_images(args) -> int:
+    """The image tag this checkout's code builds, the commands that build and push it, and
+    optionally the manifests pointed at it."""
+    from tosguard.pipelines import images
+
+    root = images.source_root()
+    if root is None:
+        raise ValueError("run this from a checkout of the repository: the tag is a digest of its files")
+    tag = images.code_tag(root)
+    registry = args.registry.rstrip("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._:/-]*", registry):
+        raise ValueError(f"--registry must be an image registry path such as ghcr.io/your-org (got {args.registry!r})")
+    if args.tag_only:
+        print(tag)
+        return 0
+    out = Path(args.manifests_out) if args.manifests_out else None
+    changed = images.render_manifests(root / "manifests", out, registry, tag) if out else []
+    print(f"tag: {tag}  (sha256 of the files the images copy; the compiled pipeline names it unless "
+          "TOSGUARD_IMAGE_TAG is set)")
+    print("build and push, from the repository root:")
+    for name, extra in (("base", f" --build-arg CODE_VERSION={tag}"), ("trainer", f" --build-arg CODE_VERSION={tag}"),
+                        ("serving", f" --build-arg BASE={registry}/tosguard-base:{tag}")):
+        print(f"  docker build -f images/{name}.Dockerfile{extra} -t {registry}/tosguard-{name}:{tag} .")
+    print("  " + " && ".join(f"docker push {registry}/tosguard-{name}:{tag}" for name in ("base", "trainer", "serving")))
+    if out:
+        print(f"wrote {out}: {len(changed)} files name the images "
+              f"({', '.join(str(p.relative_to(out)) for p in changed)}); apply with kubectl apply -k {out}/overlays/gke "
+              "(or eks, or base)")
+    print(f"compile with: TOSGUARD_IMAGE_REGISTRY={registry} tosguard compile --output pipeline.yaml")
     return 0
 
 
@@ -586,6 +623,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--drift-watch", action="store_true",
                       help="compile the drift watch instead: check the endpoint, retrain only when it drifted")
     comp.set_defaults(func=_cmd_compile)
+
+    imgs = sub.add_parser("images", help="the image tag of this checkout's code, its build commands, retagged manifests",
+                          description="The compiled pipeline names images tagged VERSION-DIGEST, DIGEST a sha256 of "
+                                      "the files the Dockerfiles copy: print that tag and the commands that build and "
+                                      "push it, and optionally write the manifests pointed at the same images.")
+    imgs.add_argument("--registry", default=os.environ.get("TOSGUARD_IMAGE_REGISTRY") or "ghcr.io/tosguard",
+                      help="where the images are pushed (default: TOSGUARD_IMAGE_REGISTRY, else ghcr.io/tosguard)")
+    imgs.add_argument("--tag-only", action="store_true", help="print the tag alone (for scripts)")
+    imgs.add_argument("--manifests-out", metavar="DIR",
+                      help="write a copy of manifests/ to DIR (new or empty) naming these images, allow-list included")
+    imgs.set_defaults(func=_cmd_images)
 
     def kfp_options(p):
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")

@@ -173,3 +173,108 @@ def test_kustomizations_list_existing_files():
         k = yaml.safe_load((overlay / "kustomization.yaml").read_text())
         assert k["resources"] == ["../../base"], overlay.name
         assert {i["name"] for i in k["images"]} <= {"ghcr.io/tosguard/tosguard-serving", "ghcr.io/tosguard/tosguard-base"}
+
+
+def _copy_image_inputs(dest: Path) -> None:
+    import shutil
+
+    from tosguard.pipelines.images import IMAGE_INPUTS
+
+    for name in IMAGE_INPUTS:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def test_the_image_tag_follows_the_code_and_nothing_else(tmp_path):
+    """Same files, same tag; a cache, a .pyc or the README do not move it; one changed byte in
+    a module, the vendored data or a Dockerfile does."""
+    from tosguard.pipelines.images import code_tag
+
+    _copy_image_inputs(tmp_path)
+    tag = code_tag(tmp_path)
+    assert tag == code_tag(ROOT) and tag.startswith("0.1.0-") and len(tag) == len("0.1.0-") + 12
+    (tmp_path / "components" / "__pycache__").mkdir(exist_ok=True)
+    (tmp_path / "components" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"cache")
+    (tmp_path / "README.md").write_text("docs change")
+    assert code_tag(tmp_path) == tag
+    for changed in ("components/train/loop.py", "images/base.Dockerfile", "constraints.txt",
+                    next(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "components" / "data").rglob("*.jsonl"))):
+        path = tmp_path / changed
+        original = path.read_bytes()
+        path.write_bytes(original + b" ")
+        assert code_tag(tmp_path) != tag, changed
+        path.write_bytes(original)
+    assert code_tag(tmp_path) == tag
+
+
+def _compiled_images(tmp_path, env_extra: dict) -> tuple[set, str, str, str]:
+    """Compile in a fresh process with these environment settings: every executor's image,
+    the train step's trainer_image argument and the serving_image parameter's default."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+    out = tmp_path / f"pipeline-{len(env_extra)}.yaml"
+    result = subprocess.run([str(BIN / "tosguard"), "compile", "--output", str(out)], env={**env, **env_extra},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    spec = next(yaml.safe_load_all(out.read_text()))
+    executors = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    found = [t for t in _walk(spec) if isinstance(t, dict) and "trainer_image" in t.get("inputs", {}).get("parameters", {})]
+    trainer = found[0]["inputs"]["parameters"]["trainer_image"]["runtimeValue"]["constant"]
+    return executors, trainer, params["serving_image"]["defaultValue"], result.stdout
+
+
+def _walk(node):
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_the_compiled_pipeline_and_the_rendered_manifests_name_the_same_images(tmp_path):
+    """`tosguard images --manifests-out` and `tosguard compile` agree on every image: the
+    executors (KFP's cache key holds each task's image), the TrainJob's trainer, the default
+    serving image, and the manifests' ServingRuntime, MLflow, TrainingRuntime and allow-list;
+    TOSGUARD_IMAGE_TAG still overrides the tag."""
+    from tosguard.pipelines.images import code_tag
+
+    tag, registry = code_tag(ROOT), "registry.example:5000/acme"
+    executors, trainer, serving, stdout = _compiled_images(tmp_path, {"TOSGUARD_IMAGE_REGISTRY": registry})
+    assert executors == {f"{registry}/tosguard-base:{tag}", f"{registry}/tosguard-trainer:{tag}"}
+    assert trainer == f"{registry}/tosguard-trainer:{tag}" and serving == f"{registry}/tosguard-serving:{tag}"
+    assert serving in stdout and "tosguard images" in stdout
+    pinned = _compiled_images(tmp_path, {"TOSGUARD_IMAGE_REGISTRY": registry, "TOSGUARD_IMAGE_TAG": "v9"})
+    assert pinned[0] == {f"{registry}/tosguard-base:v9", f"{registry}/tosguard-trainer:v9"}
+
+    out = tmp_path / "deploy"
+    result = subprocess.run([str(BIN / "tosguard"), "images", "--registry", registry, "--manifests-out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"-t {serving} ." in result.stdout and f"--build-arg CODE_VERSION={tag}" in result.stdout
+    rendered = "\n".join(p.read_text() for p in out.rglob("*.yaml"))
+    assert "ghcr.io/tosguard" not in rendered
+    (runtime,) = yaml.safe_load_all((out / "base" / "servingruntime.yaml").read_text())
+    (allowlist,) = yaml.safe_load_all((out / "base" / "deploy-allowlist.yaml").read_text())
+    assert runtime["spec"]["containers"][0]["image"] == serving
+    assert allowlist["data"]["serving_images"].split() == [serving]
+    assert f"image: {registry}/tosguard-base:{tag}" in (out / "base" / "mlflow.yaml").read_text()
+    assert f"image: {trainer}" in (out / "trainer" / "trainingruntime.yaml").read_text()
+    for overlay in ("gke", "eks"):  # a rename there would move the workloads off the allow-list
+        k = yaml.safe_load((out / "overlays" / overlay / "kustomization.yaml").read_text())
+        assert k["resources"] == ["../../base"] and "images" not in k
+    strict = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", str(out / "base" / "mlflow.yaml"),
+                             str(out / "base" / "deploy-allowlist.yaml")], capture_output=True, text=True)
+    assert strict.returncode == 0, strict.stdout + strict.stderr
+    again = subprocess.run([str(BIN / "tosguard"), "images", "--manifests-out", str(out)], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "not an empty folder" in again.stderr and not again.stdout
+    only = subprocess.run([str(BIN / "tosguard"), "images", "--tag-only"], capture_output=True, text=True, timeout=120)
+    assert only.stdout.strip() == tag
