@@ -488,8 +488,9 @@ def check_allowlist(namespace: str, names: list[str], serving_image: str, servic
         config_map = k8s.CoreV1Api(api_client).read_namespaced_config_map(ALLOWLIST, namespace)
     except k8s.ApiException as exc:
         if exc.status == 404:
-            raise PermissionError(f"no ConfigMap {namespace}/{ALLOWLIST}: apply manifests/base (deploy-allowlist.yaml) "
-                                  "to say which serving images and service accounts may be deployed") from None
+            raise PermissionError(f"no ConfigMap {namespace}/{ALLOWLIST}: apply the manifests `tosguard images "
+                                  "--manifests-out DIR` renders (DIR/base/deploy-allowlist.yaml) to say which serving "
+                                  "images and service accounts may be deployed") from None
         raise
     data = config_map.data or {}
 

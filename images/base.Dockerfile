@@ -1,6 +1,7 @@
 # tosguard-base: the CPU steps (open run, download, tokenize, evaluate) and the common layer.
 # Build from the repository root:
-#   docker build -f images/base.Dockerfile -t ghcr.io/tosguard/tosguard-base:0.1.0 .
+#   docker build -f images/base.Dockerfile --build-arg CODE_VERSION=TAG -t REGISTRY/tosguard-base:TAG .
+# where TAG is `tosguard images --tag-only` (a digest of what is copied below)
 FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

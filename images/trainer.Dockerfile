@@ -1,5 +1,6 @@
 # tosguard-trainer: the train step on an A100 pool (CUDA PyTorch + bitsandbytes for 4-bit QLoRA).
-#   docker build -f images/trainer.Dockerfile -t ghcr.io/tosguard/tosguard-trainer:0.1.0 .
+#   docker build -f images/trainer.Dockerfile --build-arg CODE_VERSION=TAG -t REGISTRY/tosguard-trainer:TAG .
+# where TAG is `tosguard images --tag-only` (a digest of what is copied below)
 FROM pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -127,8 +127,10 @@ def _cmd_compile(args) -> int:
     build = make_drift_pipeline if args.drift_watch else make_pipeline
     compiler.Compiler().compile(build(pool, cluster, PRESETS[args.preset], PRESET_GATE_FLOORS[args.preset]),
                                 package_path=args.output)
-    from tosguard.pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE
+    from tosguard.pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE, tag_warning
 
+    if tag_warning():
+        print(tag_warning(), file=sys.stderr)
     print(f"wrote {args.output}")
     print(f"it runs {BASE_IMAGE} and {TRAINER_IMAGE}, and serves {SERVING_IMAGE} by default: "
           "`tosguard images` prints the commands that build and push them")
@@ -136,24 +138,26 @@ def _cmd_compile(args) -> int:
 
 
 def _cmd_images(args) -> int:
-    """The image tag this checkout's code builds, the commands that build and push it, and
-    optionally the manifests pointed at it."""
+    """The image tag the compiled pipeline names, the commands that build and push it, and
+    optionally the manifests pointed at the same images."""
     from tosguard.pipelines import images
 
     root = images.source_root()
     if root is None:
         raise ValueError("run this from a checkout of the repository: the tag is a digest of its files")
-    tag = images.code_tag(root)
-    registry = args.registry.rstrip("/")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._:/-]*", registry):
-        raise ValueError(f"--registry must be an image registry path such as ghcr.io/your-org (got {args.registry!r})")
+    registry = images.normalize_registry(args.registry)
+    tag = images.VERSION  # what `tosguard compile` names: TOSGUARD_IMAGE_TAG, else this checkout's digest
     if args.tag_only:
+        if args.manifests_out:
+            raise ValueError("--tag-only prints the tag alone; leave it out to write --manifests-out")
         print(tag)
         return 0
     out = Path(args.manifests_out) if args.manifests_out else None
-    changed = images.render_manifests(root / "manifests", out, registry, tag) if out else []
-    print(f"tag: {tag}  (sha256 of the files the images copy; the compiled pipeline names it unless "
-          "TOSGUARD_IMAGE_TAG is set)")
+    changed, allowed = images.render_manifests(root / "manifests", out, registry, tag) if out else ([], [])
+    if images.TAG_SOURCE == "env":
+        print(f"tag: {tag}  (TOSGUARD_IMAGE_TAG; this checkout's code would be {images.code_tag(root)})")
+    else:
+        print(f"tag: {tag}  (sha256 of the files the images copy; changes with the code)")
     print("build and push, from the repository root:")
     for name, extra in (("base", f" --build-arg CODE_VERSION={tag}"), ("trainer", f" --build-arg CODE_VERSION={tag}"),
                         ("serving", f" --build-arg BASE={registry}/tosguard-base:{tag}")):
@@ -161,8 +165,8 @@ def _cmd_images(args) -> int:
     print("  " + " && ".join(f"docker push {registry}/tosguard-{name}:{tag}" for name in ("base", "trainer", "serving")))
     if out:
         print(f"wrote {out}: {len(changed)} files name the images "
-              f"({', '.join(str(p.relative_to(out)) for p in changed)}); apply with kubectl apply -k {out}/overlays/gke "
-              "(or eks, or base)")
+              f"({', '.join(str(p.relative_to(out)) for p in changed)}); the allow-list holds "
+              f"{', '.join(allowed)}; apply with kubectl apply -k {out}/overlays/gke (or eks, or base)")
     print(f"compile with: TOSGUARD_IMAGE_REGISTRY={registry} tosguard compile --output pipeline.yaml")
     return 0
 
@@ -628,11 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="The compiled pipeline names images tagged VERSION-DIGEST, DIGEST a sha256 of "
                                       "the files the Dockerfiles copy: print that tag and the commands that build and "
                                       "push it, and optionally write the manifests pointed at the same images.")
-    imgs.add_argument("--registry", default=os.environ.get("TOSGUARD_IMAGE_REGISTRY") or "ghcr.io/tosguard",
+    imgs.add_argument("--registry", default=os.environ.get("TOSGUARD_IMAGE_REGISTRY", "").strip() or "ghcr.io/tosguard",
                       help="where the images are pushed (default: TOSGUARD_IMAGE_REGISTRY, else ghcr.io/tosguard)")
     imgs.add_argument("--tag-only", action="store_true", help="print the tag alone (for scripts)")
     imgs.add_argument("--manifests-out", metavar="DIR",
-                      help="write a copy of manifests/ to DIR (new or empty) naming these images, allow-list included")
+                      help="write a copy of manifests/ to DIR naming these images, allow-list included (DIR new, "
+                           "empty, or rendered before: then its allow-list keeps the serving images it held)")
     imgs.set_defaults(func=_cmd_images)
 
     def kfp_options(p):

@@ -200,8 +200,12 @@ def test_the_image_tag_follows_the_code_and_nothing_else(tmp_path):
     (tmp_path / "components" / "__pycache__").mkdir(exist_ok=True)
     (tmp_path / "components" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"cache")
     (tmp_path / "README.md").write_text("docs change")
+    for leftover in ("components/.metrics.py.swp", "components/metrics.py~", "pipelines/.mypy_cache/x.json",
+                     "tosguard/tosguard.egg-info/PKG-INFO", "components/metrics.py.orig"):
+        (tmp_path / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / leftover).write_text("editor or tool state")
     assert code_tag(tmp_path) == tag
-    for changed in ("components/train/loop.py", "images/base.Dockerfile", "constraints.txt",
+    for changed in ("components/train/loop.py", "images/base.Dockerfile", "constraints.txt", ".dockerignore",
                     next(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "components" / "data").rglob("*.jsonl"))):
         path = tmp_path / changed
         original = path.read_bytes()
@@ -247,7 +251,7 @@ def test_the_compiled_pipeline_and_the_rendered_manifests_name_the_same_images(t
     from tosguard.pipelines.images import code_tag
 
     tag, registry = code_tag(ROOT), "registry.example:5000/acme"
-    executors, trainer, serving, stdout = _compiled_images(tmp_path, {"TOSGUARD_IMAGE_REGISTRY": registry})
+    executors, trainer, serving, stdout = _compiled_images(tmp_path, {"TOSGUARD_IMAGE_REGISTRY": f" {registry}/ "})
     assert executors == {f"{registry}/tosguard-base:{tag}", f"{registry}/tosguard-trainer:{tag}"}
     assert trainer == f"{registry}/tosguard-trainer:{tag}" and serving == f"{registry}/tosguard-serving:{tag}"
     assert serving in stdout and "tosguard images" in stdout
@@ -273,8 +277,61 @@ def test_the_compiled_pipeline_and_the_rendered_manifests_name_the_same_images(t
     strict = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", str(out / "base" / "mlflow.yaml"),
                              str(out / "base" / "deploy-allowlist.yaml")], capture_output=True, text=True)
     assert strict.returncode == 0, strict.stdout + strict.stderr
-    again = subprocess.run([str(BIN / "tosguard"), "images", "--manifests-out", str(out)], capture_output=True,
-                           text=True, timeout=120)
-    assert again.returncode == 2 and "not an empty folder" in again.stderr and not again.stdout
+    assert "node-selector" in (out / "overlays" / "gke" / "kustomization.yaml").read_text()  # comments kept
     only = subprocess.run([str(BIN / "tosguard"), "images", "--tag-only"], capture_output=True, text=True, timeout=120)
     assert only.stdout.strip() == tag
+
+
+def test_rendering_again_keeps_earlier_serving_images_and_refuses_foreign_folders(tmp_path):
+    """After a code change the same folder is rendered over: the allow-list then holds the new
+    serving image first and the earlier ones after it (a schedule compiled before still deploys).
+    A folder it did not render is refused with nothing printed or written."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+    out = tmp_path / "deploy"
+
+    def render(tag, target=out, registry="ghcr.io/acme/"):
+        return subprocess.run([str(BIN / "tosguard"), "images", "--registry", registry, "--manifests-out", str(target)],
+                              env={**env, "TOSGUARD_IMAGE_TAG": tag}, capture_output=True, text=True, timeout=120)
+
+    assert render("v1").returncode == 0
+    second = render("v2")
+    assert second.returncode == 0, second.stderr
+    assert "TOSGUARD_IMAGE_TAG" in second.stdout and "-t ghcr.io/acme/tosguard-serving:v2 ." in second.stdout
+    (allowlist,) = yaml.safe_load_all((out / "base" / "deploy-allowlist.yaml").read_text())
+    assert allowlist["data"]["serving_images"].split() == ["ghcr.io/acme/tosguard-serving:v2",
+                                                           "ghcr.io/acme/tosguard-serving:v1"]
+    assert allowlist["data"]["names"].split() == ["tosguard", "tosguard-runtime"]  # the rest untouched
+    assert "One entry per line" in (out / "base" / "deploy-allowlist.yaml").read_text()
+    assert "ghcr.io/acme/tosguard-serving:v2" in (out / "base" / "servingruntime.yaml").read_text()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    refused = render("v3", target=foreign)
+    assert refused.returncode == 2 and "choose a new one" in refused.stderr and not refused.stdout
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("registry", ["https://ghcr.io/acme", "ghcr.io//acme", "ghcr.io/Acme", "ghcr.io/acme:5000",
+                                      "ghcr io/acme", ""])
+def test_a_registry_that_is_not_one_is_refused_by_images_and_compile(tmp_path, registry):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+    images = subprocess.run([str(BIN / "tosguard"), "images", "--registry", registry], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert images.returncode == 2 and "host[:port]" in images.stderr and not images.stdout
+    if registry:  # an empty TOSGUARD_IMAGE_REGISTRY means the default
+        compiled = subprocess.run([str(BIN / "tosguard"), "compile", "--output", str(tmp_path / "p.yaml")],
+                                  env={**env, "TOSGUARD_IMAGE_REGISTRY": registry}, capture_output=True, text=True,
+                                  timeout=300)
+        assert compiled.returncode == 2 and "host[:port]" in compiled.stderr and not (tmp_path / "p.yaml").exists()
+
+
+def test_registry_spelling_is_normalized_the_same_everywhere():
+    from tosguard.pipelines.images import normalize_registry
+
+    assert normalize_registry(" ghcr.io/acme/ ") == "ghcr.io/acme"
+    assert normalize_registry("localhost:5000/acme/ml") == "localhost:5000/acme/ml"
+    assert normalize_registry("REGION-docker.pkg.dev/project/repo") == "REGION-docker.pkg.dev/project/repo"
