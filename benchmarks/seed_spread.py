@@ -8,7 +8,7 @@ out of fold when its lexical side was refit on validation). Ends with a line
 `RESULT {json}`.
 
     .venv/bin/python benchmarks/seed_spread.py --preset default --seeds 42 1 2 [--method lora]
-        [--lexical-weight 0] [--keep DIR]
+        [--lexical-weight 0] [--cpu-bf16 on|off] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--target-modules", help="comma-separated LoRA targets (default: per architecture)")
     parser.add_argument("--lexical-weight", type=float, help="the lexical blend's weight (0: the encoder alone)")
+    parser.add_argument("--cpu-bf16", choices=("on", "off"),
+                        help="train under bf16 autocast on a CPU with native bf16, or not (default: the preset's)")
     parser.add_argument("--keep", help="a folder to keep the trained models in (model-SEED), instead of a temporary one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # per-epoch lines
@@ -51,7 +53,9 @@ def main(argv=None) -> int:
         kept.mkdir(parents=True, exist_ok=True)
         base = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
                       learning_rate=args.learning_rate, target_modules=args.target_modules,
-                      lexical_weight=args.lexical_weight).resolved(cuda=torch.cuda.is_available())
+                      lexical_weight=args.lexical_weight,
+                      cpu_bf16=None if args.cpu_bf16 is None else args.cpu_bf16 == "on").resolved(
+                          cuda=torch.cuda.is_available())
         download("bundled", f"{tmp}/raw")
         tokenize(f"{tmp}/raw", base.base_model, base.max_length, f"{tmp}/tok")
         for seed in args.seeds:
