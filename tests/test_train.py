@@ -320,7 +320,7 @@ def test_cpu_bf16_trains_under_autocast_only_where_native_and_scores_in_fp32(nat
     assert seen[False] == {torch.float32}  # validation scores in fp32
     card = json.loads((tmp_path / "m" / "tosguard.json").read_text())
     assert card["train_precision"] == ("bf16" if native else "fp32")
-    assert preset("quality").cpu_bf16 and not preset("default").cpu_bf16
+    assert preset("quality").cpu_bf16 and preset("default").cpu_bf16 and not preset("quick").cpu_bf16
 
 
 def test_cpu_bf16_keys_stored_models_and_checkpoints_only_when_on():
