@@ -127,10 +127,9 @@ def _cmd_compile(args) -> int:
     build = make_drift_pipeline if args.drift_watch else make_pipeline
     compiler.Compiler().compile(build(pool, cluster, PRESETS[args.preset], PRESET_GATE_FLOORS[args.preset]),
                                 package_path=args.output)
-    from tosguard.pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE, tag_warning
+    from tosguard.pipelines.images import BASE_IMAGE, SERVING_IMAGE, TRAINER_IMAGE, warn_if_untagged
 
-    if tag_warning():
-        print(tag_warning(), file=sys.stderr)
+    warn_if_untagged()
     print(f"wrote {args.output}")
     print(f"it runs {BASE_IMAGE} and {TRAINER_IMAGE}, and serves {SERVING_IMAGE} by default: "
           "`tosguard images` prints the commands that build and push them")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from tosguard import __version__
@@ -102,14 +103,13 @@ TRAINER_IMAGE = f"{REGISTRY}/tosguard-trainer:{VERSION}"
 SERVING_IMAGE = f"{REGISTRY}/tosguard-serving:{VERSION}"
 
 
-def tag_warning() -> str | None:
-    """What to tell someone compiling with neither a checkout nor TOSGUARD_IMAGE_TAG: the
-    images are then named by the bare version, a tag `tosguard images` never builds."""
-    if TAG_SOURCE != "version":
-        return None
-    return (f"warning: no checkout of the repository here and TOSGUARD_IMAGE_TAG is unset, so the pipeline names "
-            f"images tagged {VERSION}; build the images from a checkout (`tosguard images`) and set "
-            "TOSGUARD_IMAGE_TAG to their tag")
+def warn_if_untagged() -> None:
+    """Tell someone compiling with neither a checkout nor TOSGUARD_IMAGE_TAG (on stderr) that
+    the images are named by the bare version, a tag `tosguard images` never builds."""
+    if TAG_SOURCE == "version":
+        print(f"warning: no checkout of the repository here and TOSGUARD_IMAGE_TAG is unset, so the pipeline names "
+              f"images tagged {VERSION}; build the images from a checkout (`tosguard images`) and set "
+              "TOSGUARD_IMAGE_TAG to their tag", file=sys.stderr)
 
 
 _SHIPPED_REF = re.compile(re.escape(SHIPPED_REGISTRY) + r"/(" + "|".join(IMAGE_NAMES) + r"):[A-Za-z0-9_][A-Za-z0-9_.-]*")

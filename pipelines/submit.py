@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -85,11 +84,10 @@ def _package(pipeline_file: str | None, workdir: str, caching: bool | None = Non
     else:
         from kfp import compiler
 
-        from tosguard.pipelines.images import tag_warning
+        from tosguard.pipelines.images import warn_if_untagged
         from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
-        if tag_warning():
-            print(tag_warning(), file=sys.stderr)
+        warn_if_untagged()
         path = str(Path(workdir) / "tosguard.yaml")
         compiler.Compiler().compile(drift_watch_pipeline if drift_watch else tosguard_pipeline, package_path=path)
     return _without_cache(path, workdir) if caching is False else path

@@ -215,12 +215,17 @@ def test_the_image_tag_follows_the_code_and_nothing_else(tmp_path):
     assert code_tag(tmp_path) == tag
 
 
+def _env_without_image_settings() -> dict:
+    """This process's environment less TOSGUARD_IMAGE_*: what a fresh shell would compile with."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+
+
 def _compiled_images(tmp_path, env_extra: dict) -> tuple[set, str, str, str]:
     """Compile in a fresh process with these environment settings: every executor's image,
     the train step's trainer_image argument and the serving_image parameter's default."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+    env = _env_without_image_settings()
     out = tmp_path / f"pipeline-{len(env_extra)}.yaml"
     result = subprocess.run([str(BIN / "tosguard"), "compile", "--output", str(out)], env={**env, **env_extra},
                             capture_output=True, text=True, timeout=300)
@@ -286,9 +291,7 @@ def test_rendering_again_keeps_earlier_serving_images_and_refuses_foreign_folder
     """After a code change the same folder is rendered over: the allow-list then holds the new
     serving image first and the earlier ones after it (a schedule compiled before still deploys).
     A folder it did not render is refused with nothing printed or written."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+    env = _env_without_image_settings()
     out = tmp_path / "deploy"
 
     def render(tag, target=out, registry="ghcr.io/acme/"):
@@ -316,9 +319,7 @@ def test_rendering_again_keeps_earlier_serving_images_and_refuses_foreign_folder
 @pytest.mark.parametrize("registry", ["https://ghcr.io/acme", "ghcr.io//acme", "ghcr.io/Acme", "ghcr.io/acme:5000",
                                       "ghcr io/acme", ""])
 def test_a_registry_that_is_not_one_is_refused_by_images_and_compile(tmp_path, registry):
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSGUARD_IMAGE_")}
+    env = _env_without_image_settings()
     images = subprocess.run([str(BIN / "tosguard"), "images", "--registry", registry], env=env, capture_output=True,
                             text=True, timeout=120)
     assert images.returncode == 2 and "host[:port]" in images.stderr and not images.stdout
