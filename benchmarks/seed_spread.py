@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base-model")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--batch-size", type=int, help="clauses per optimizer step (default: the preset's)")
     parser.add_argument("--target-modules", help="comma-separated LoRA targets (default: per architecture)")
     parser.add_argument("--lexical-weight", type=float, help="the lexical blend's weight (0: the encoder alone)")
     parser.add_argument("--cpu-bf16", choices=("on", "off"),
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         kept = Path(args.keep) if args.keep else Path(tmp)
         kept.mkdir(parents=True, exist_ok=True)
         base = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
-                      learning_rate=args.learning_rate, target_modules=args.target_modules,
+                      learning_rate=args.learning_rate, batch_size=args.batch_size, target_modules=args.target_modules,
                       lexical_weight=args.lexical_weight,
                       cpu_bf16=None if args.cpu_bf16 is None else args.cpu_bf16 == "on").resolved(
                           cuda=torch.cuda.is_available())

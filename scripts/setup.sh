@@ -24,7 +24,9 @@ else
   editable="-e"
 fi
 pip() { "$py" -m pip "$@"; }
-pip install -q --upgrade pip setuptools wheel
+# pip, setuptools and wheel at the versions in constraints.txt, so an image rebuilt later
+# installs with the same tools (the image tag is a digest of this file and constraints.txt).
+pip install -q --upgrade -c constraints.txt pip setuptools wheel
 # torch first, pinned: the CPU wheel. Anything that pulls torch later finds it satisfied
 # instead of downloading the newest build with gigabytes of CUDA libraries.
 if [ "${TOSGUARD_TORCH:-}" != keep ]; then
