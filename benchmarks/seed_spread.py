@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--base-model")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--batch-size", type=int, help="clauses per micro-batch, so per optimizer step without gradient accumulation (default: the preset's)")
+    parser.add_argument("--batch-size", type=int,
+                        help="clauses per micro-batch, so per optimizer step without gradient accumulation "
+                             "(default: the preset's)")
     parser.add_argument("--target-modules", help="comma-separated LoRA targets (default: per architecture)")
     parser.add_argument("--lexical-weight", type=float, help="the lexical blend's weight (0: the encoder alone)")
     parser.add_argument("--cpu-bf16", choices=("on", "off"),
