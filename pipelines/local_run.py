@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from tosguard.components.config import NAME, TrainConfig, home
+from tosguard.components.config import GATE_TOLERANCE, NAME, TrainConfig, home
 
 log = logging.getLogger(__name__)
 STEPS = ("download", "tokenize", "train", "evaluate", "deploy")
@@ -23,7 +23,7 @@ def _find_run(run_name: str) -> dict:
 
 
 def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: bool = True, store: str = "",
-                 gate_floor: float = 0.0, gate_tolerance: float = 1.0, reuse_stored_model: bool = True,
+                 gate_floor: float = 0.0, gate_tolerance: float = GATE_TOLERANCE, reuse_stored_model: bool = True,
                  serve_profile: str = "") -> dict:
     """Run the whole pipeline locally; write and return summary.json's content."""
     from kfp import local

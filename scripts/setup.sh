@@ -6,7 +6,8 @@
 # The container images run the same script with:
 #   TOSGUARD_VENV=none   install into the current Python instead of .venv (not editable)
 #   TOSGUARD_TORCH=keep  keep the torch the base image has (the CUDA build in the trainer)
-#   TORCH_INDEX_URL=...  where to get torch (e.g. the CPU-only index in slim images)
+#   TORCH_INDEX_URL=...  where to get torch: https://download.pytorch.org/whl/cpu on a CPU
+#                        machine whose index is plain PyPI (there torch is the CUDA build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-main}"

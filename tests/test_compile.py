@@ -215,3 +215,23 @@ def test_training_across_nodes_is_a_branch_that_hands_the_same_outputs_on(tmp_pa
     assert set(tasks["train-with-trainjob"]["inputs"]["parameters"]) >= {"nodes", "gpus", "trainer_image", "store"}
     evaluate = tasks["evaluate-model"]["inputs"]
     assert "model" in evaluate["artifacts"] and "model_uri" in evaluate["parameters"]
+
+
+def test_every_entry_point_gates_with_the_same_tolerance(tmp_path):
+    """The cluster pipeline, `tosguard run` and the gate's own arithmetic share one tolerance:
+    a retrain within it of the champion deploys, one further below does not."""
+    import inspect
+
+    from tosguard.components.config import GATE_TOLERANCE
+    from tosguard.components.evaluate import decide
+    from tosguard.pipelines.local_run import run_pipeline
+
+    _, spec_doc, _ = _compile(tmp_path)
+    assert spec_doc["root"]["inputDefinitions"]["parameters"]["gate_tolerance"]["defaultValue"] == GATE_TOLERANCE
+    assert inspect.signature(run_pipeline).parameters["gate_tolerance"].default == GATE_TOLERANCE
+    champion = {"version": "3", "tags": {"test_macro_f1": "84.4"}}
+    near = decide(84.4 - GATE_TOLERANCE + 0.1, 75.0, GATE_TOLERANCE, champion)
+    far = decide(84.4 - GATE_TOLERANCE - 0.1, 75.0, GATE_TOLERANCE, champion)
+    assert near["passed"] and not far["passed"] and "champion" in far["reason"]
+    # Two sd of the default preset's 5-seed spread (0.9), not of the first 3 seeds' (0.5).
+    assert GATE_TOLERANCE >= 1.8
