@@ -39,12 +39,11 @@ DEFAULT_TEACHER = "mpnet-quality-s42"
 
 # -- the gate before deploy (test macro-F1 points) -----------------------------------------
 GATE_FLOOR = 75.0
-# About two standard deviations of the default preset's seed spread (test macro-F1 sd 0.9
-# over 5 seeds, BENCHMARKS.md "bf16 autocast on the CPU for the default preset"), so a
-# retrain as good as the champion is not refused for seed luck: two seeds differ with sd
-# about 1.3, so (normal estimate) 1.0, two sd of the first recipe's 0.5 over 3 seeds, would
-# refuse such a retrain about 21% of the time and 2.0 about 6%. The quality preset spreads
-# wider (sd 1.4 over 5 seeds).
+# About two standard deviations of the default preset's test macro-F1 over seeds (sd 0.9
+# over 5, BENCHMARKS.md "bf16 autocast on the CPU for the default preset"), so a retrain as
+# good as the champion is not refused for seed luck. Two seeds differ with sd about 1.3: by
+# a normal estimate 1.0 would refuse such a retrain about 21% of the time, 2.0 about 6%.
+# The quality preset spreads wider (sd 1.4 over 5 seeds).
 GATE_TOLERANCE = 2.0
 # `quick` trains for a minute and only has to prove the pipeline works: no floor.
 PRESET_GATE_FLOORS = {"default": GATE_FLOOR, "quality": GATE_FLOOR, "quick": 0.0}
@@ -324,8 +323,8 @@ PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(cpu_bf16=True),
     # The strongest offline model: all-mpnet-base-v2 (110M), LoRA on q/k/v/o. Roughly 8x
     # the default's compute: about 10 minutes an epoch on 2 CPU cores in fp32, about 8 with
-    # cpu_bf16 (measured). Measured
-    # recipes (validation macro-F1 per epoch -> test macro-F1 at the best epoch):
+    # cpu_bf16 (measured). Measured recipes (validation macro-F1 per epoch -> test macro-F1
+    # at the best epoch):
     # lr 3e-4, 3 epochs: 32.4, 60.9, 67.7 -> 73.5 (undertrained);
     # lr 1e-3, 5 epochs: 60.2, 75.7, 74.2, 75.4, early stop -> 82.1 (peaked while the
     # rate was still high); lr 1e-3, 3 epochs, the rate decaying to zero by the end:

@@ -81,12 +81,11 @@ def _cmd_run(args) -> int:
           flush=True)
     store = store_root(args.store)
     floor = PRESET_GATE_FLOORS[args.preset] if args.gate_floor is None else args.gate_floor
-    tolerance = GATE_TOLERANCE if args.gate_tolerance is None else args.gate_tolerance
     failure = None
     with run_console(log_path, verbose=args.verbose) as console:
         try:
             summary = run_pipeline(config, args.source, output, deploy=not args.no_deploy, store=store,
-                                   gate_floor=floor, gate_tolerance=tolerance, reuse_stored_model=not args.fresh,
+                                   gate_floor=floor, gate_tolerance=args.gate_tolerance, reuse_stored_model=not args.fresh,
                                    serve_profile=args.profile or "")
         except RuntimeError as exc:
             failure = (exc, console.failure_tail())
@@ -570,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=list(PRESETS), default="default",
                      help="default: all-MiniLM-L6-v2, full data, up to 4 epochs (~11 min on 2 cores); quick: a "
                           "small budget that still trains, evaluates on the full test split and serves (~2 min); "
-                          "quality: all-mpnet-base-v2, 3 epochs (about 8 min an epoch on 2 cores with bf16, 10 without)")
+                          "quality: all-mpnet-base-v2, 3 epochs (about 8 min an epoch on 2 cores with bf16, "
+                          "10 without)")
     run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
     run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: $TOSGUARD_STORE, else store/ in the tosguard home, $TOSGUARD_HOME or .tosguard)")
     run.add_argument("--gate-floor", type=float,
                      help="deploy only at or above this test macro-F1 (default 75; 0 for the quick preset)")
-    run.add_argument("--gate-tolerance", type=float,
+    run.add_argument("--gate-tolerance", type=float, default=GATE_TOLERANCE,
                      help="deploy only at or above the champion's macro-F1 minus this "
                           f"(default {GATE_TOLERANCE:g}: about two sd of the default's seed spread)")
     run.add_argument("--output", help="output folder (default: runs/<time> in the tosguard home)")
