@@ -270,8 +270,8 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
 
 def decide(macro_f1: float, floor: float, tolerance: float, champion: dict | None) -> dict:
     """Returns {passed, reason, floor, tolerance, champion_version, champion_macro_f1}."""
-    if floor < 0 or tolerance < 0:
-        raise ValueError(f"gate floor and tolerance must be >= 0 (got {floor}, {tolerance})")
+    if not (floor >= 0 and tolerance >= 0):  # written so that NaN fails too
+        raise ValueError(f"gate floor and tolerance must be numbers >= 0 (got {floor}, {tolerance})")
     decision = {"floor": floor, "tolerance": tolerance, "macro_f1": round(macro_f1, 2),
                 "champion_version": None, "champion_macro_f1": None}
     reasons, passed = [], True

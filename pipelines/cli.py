@@ -593,9 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "s3://BUCKET/PREFIX, an https:// unfair_tos.tar.gz, or hf://coastalcph/lex_glue/unfair_tos")
     run.add_argument("--store", help="where data snapshots and models are kept: a folder or s3://BUCKET/PREFIX "
                                      "(default: $TOSGUARD_STORE, else store/ in the tosguard home, $TOSGUARD_HOME or .tosguard)")
-    run.add_argument("--gate-floor", type=float,
+    run.add_argument("--gate-floor", type=_bounded(float, 0.0, 100.0),
                      help="deploy only at or above this test macro-F1 (default 75; 0 for the quick preset)")
-    run.add_argument("--gate-tolerance", type=float, default=GATE_TOLERANCE,
+    run.add_argument("--gate-tolerance", type=_bounded(float, 0.0, 100.0), default=GATE_TOLERANCE,
                      help="deploy only at or above the champion's macro-F1 minus this "
                           f"(default {GATE_TOLERANCE:g}: about two sd of the default's seed spread)")
     run.add_argument("--output", help="output folder (default: runs/<time> in the tosguard home)")

@@ -235,3 +235,19 @@ def test_every_entry_point_gates_with_the_same_tolerance(tmp_path):
     assert near["passed"] and not far["passed"] and "champion" in far["reason"]
     # Two sd of the default preset's 5-seed spread (0.9), not of the first 3 seeds' (0.5).
     assert GATE_TOLERANCE >= 1.8
+
+
+@pytest.mark.parametrize("flag, value", [("--gate-tolerance", "nan"), ("--gate-tolerance", "-1"),
+                                         ("--gate-tolerance", "inf"), ("--gate-floor", "nan"),
+                                         ("--gate-floor", "101")])
+def test_run_refuses_a_gate_it_could_never_apply_before_training(flag, value, tmp_path, capsys):
+    """A NaN tolerance used to train for ten minutes and then refuse to deploy ("tolerance nan");
+    now argparse stops it at once, and the gate itself refuses NaN wherever it comes from."""
+    from tosguard.components.evaluate import decide
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", flag, value, "--output", str(tmp_path / "out")])
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="gate floor and tolerance"):
+        decide(80.0, 75.0, float("nan"), None)
