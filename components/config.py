@@ -45,6 +45,17 @@ GATE_FLOOR = 75.0
 # a normal estimate 1.0 would refuse such a retrain about 21% of the time, 2.0 about 6%.
 # The quality preset spreads wider (sd 1.4 over 5 seeds).
 GATE_TOLERANCE = 2.0
+
+
+def check_gate(floor: float, tolerance: float) -> None:
+    """A ValueError unless both are finite test macro-F1 points in [0, 100]: a NaN or infinite
+    value would otherwise train for minutes and then refuse, or wave through, every model."""
+    bad = [f"{name} {value}" for name, value in (("floor", floor), ("tolerance", tolerance))
+           if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 100)]
+    if bad:
+        raise ValueError(f"gate floor and tolerance must be numbers in [0, 100] (got {', '.join(bad)})")
+
+
 # `quick` trains for a minute and only has to prove the pipeline works: no floor.
 PRESET_GATE_FLOORS = {"default": GATE_FLOOR, "quality": GATE_FLOOR, "quick": 0.0}
 

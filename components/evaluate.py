@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tosguard.components import calibration, figures, lexical, monitor, storage
-from tosguard.components.config import CARD_FILE, COMPLETE_MARK
+from tosguard.components.config import CARD_FILE, COMPLETE_MARK, check_gate
 from tosguard.components.labels import CATEGORIES, NONE_COLUMN
 from tosguard.components.metrics import lexglue_scores, predict_from_probabilities, with_none_column
 from tosguard.components.store import code_version, model_card, version_of
@@ -270,8 +270,7 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
 
 def decide(macro_f1: float, floor: float, tolerance: float, champion: dict | None) -> dict:
     """Returns {passed, reason, floor, tolerance, champion_version, champion_macro_f1}."""
-    if not (floor >= 0 and tolerance >= 0):  # written so that NaN fails too
-        raise ValueError(f"gate floor and tolerance must be numbers >= 0 (got {floor}, {tolerance})")
+    check_gate(floor, tolerance)
     decision = {"floor": floor, "tolerance": tolerance, "macro_f1": round(macro_f1, 2),
                 "champion_version": None, "champion_macro_f1": None}
     reasons, passed = [], True

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from tosguard.components.config import GATE_TOLERANCE, NAME, TrainConfig, home
+from tosguard.components.config import GATE_TOLERANCE, NAME, TrainConfig, check_gate, home
 
 log = logging.getLogger(__name__)
 STEPS = ("download", "tokenize", "train", "evaluate", "deploy")
@@ -26,6 +26,7 @@ def run_pipeline(config: TrainConfig, source: str, output_dir: Path, deploy: boo
                  gate_floor: float = 0.0, gate_tolerance: float = GATE_TOLERANCE, reuse_stored_model: bool = True,
                  serve_profile: str = "") -> dict:
     """Run the whole pipeline locally; write and return summary.json's content."""
+    check_gate(gate_floor, gate_tolerance)  # before training, not at the gate after it
     from kfp import local
 
     from tosguard.pipelines.pipeline import ClusterSettings, make_pipeline

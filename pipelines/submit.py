@@ -21,7 +21,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
     a bad value fails before anything is submitted. drift_watch: check against the drift
     watch's parameters instead of the training pipeline's.
     """
-    from tosguard.components.config import PRESET_GATE_FLOORS, PROFILES, check_drift_settings, check_run_settings
+    from tosguard.components.config import PRESET_GATE_FLOORS, PROFILES, check_drift_settings, check_gate, check_run_settings
     from tosguard.pipelines.pipeline import drift_watch_pipeline, tosguard_pipeline
 
     inputs = (drift_watch_pipeline if drift_watch else tosguard_pipeline).component_spec.inputs or {}
@@ -58,6 +58,9 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
         if key == "serve_profile" and value and value not in PROFILES:
             raise ValueError(f"--param serve_profile={value}: expected one of {', '.join(PROFILES)}")
     check_run_settings(**{k: params.get(k, inputs[k].default) for k in _RUN_SETTINGS if k in inputs})
+    if "gate_floor" in inputs and "gate_tolerance" in inputs:
+        check_gate(params.get("gate_floor", inputs["gate_floor"].default),
+                   params.get("gate_tolerance", inputs["gate_tolerance"].default))
     if drift_watch:
         check_drift_settings(*(params.get(k, inputs[k].default) for k in ("psi_threshold", "ks_threshold",
                                                                            "min_clauses", "window_s")))

@@ -251,3 +251,24 @@ def test_run_refuses_a_gate_it_could_never_apply_before_training(flag, value, tm
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="gate floor and tolerance"):
         decide(80.0, 75.0, float("nan"), None)
+
+
+@pytest.mark.parametrize("param", ["gate_tolerance=nan", "gate_tolerance=inf", "gate_tolerance=-5",
+                                   "gate_floor=-1", "gate_floor=1e9"])
+def test_every_entry_point_refuses_a_bad_gate_before_training(param, tmp_path):
+    """`submit`/`schedule` (parse_params), a direct run_pipeline call and the gate itself all
+    refuse what `tosguard run`'s argparse refuses; none gets as far as training."""
+    from tosguard.components.config import TrainConfig
+    from tosguard.components.evaluate import decide
+    from tosguard.pipelines.local_run import run_pipeline
+    from tosguard.pipelines.submit import parse_params
+
+    key, value = param.split("=")
+    with pytest.raises(ValueError, match="gate floor and tolerance"):
+        parse_params([param], "default")
+    gate = {"gate_floor": 75.0, "gate_tolerance": 2.0, key: float(value)}
+    with pytest.raises(ValueError, match="gate floor and tolerance"):
+        run_pipeline(TrainConfig(), "bundled", tmp_path / "out", **gate)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="gate floor and tolerance"):
+        decide(80.0, gate["gate_floor"], gate["gate_tolerance"], None)
