@@ -244,7 +244,10 @@ def evaluate(model_dir: str, tokenized_dir: str, split: str = "test") -> dict:
             k: v for k, v in lexglue_scores(gold, triage).items() if k in ("micro_f1", "macro_f1")}}
         scores["default_profile"] = _recall_precision(gold, predicted)
     # What the served model's scores looked like on this split: the drift monitor's reference.
-    scores["reference"] = monitor.reference_from_scores(np.round(probabilities, 6), predicted, list(CATEGORIES), split)
+    by_profile = {name: predict_from_probabilities(probabilities, thresholds)
+                  for name, thresholds in (card.get("profiles") or {}).items()}
+    scores["reference"] = monitor.reference_from_scores(np.round(probabilities, 6), predicted, list(CATEGORIES), split,
+                                                        by_profile, monitor.model_fingerprint(model_dir))
     scores["confusion"] = {
         name: {
             "tp": int(((gold[:, i] == 1) & (predicted[:, i] == 1)).sum()),

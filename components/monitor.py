@@ -12,7 +12,13 @@ Prometheus metrics (cumulative since the server started, or the difference of tw
   significant one (the usual reading);
 - KS, the largest gap between the two cumulative score distributions at the bucket edges
   (a lower bound of the exact two-sample statistic, which needs every score);
-- the positive rate, live against reference.
+- the positive rate, live against reference, at the thresholds of the profile the server
+  runs (`default` or `triage`).
+
+The server names itself in `tosguard_server_info` (a random id per process, the served
+model's fingerprint, its profile): a window whose two reads reach different processes (a
+restart, or a Service balancing over replicas) is refused even when every counter grew,
+and a server whose model is not the reference's model is refused rather than compared.
 
 Retraining is recommended when at least `min_clauses` clauses were scored and some
 category's PSI reaches `psi_threshold` (default 0.25) or its KS reaches `ks_threshold`.
@@ -26,24 +32,57 @@ from pathlib import Path
 
 import numpy as np
 
-from tosguard.components.config import KS_THRESHOLD, MIN_CLAUSES, PSI_THRESHOLD, check_drift_settings  # noqa: F401 (re-exported)
+from tosguard.components.config import (CARD_FILE, HEAD_FILE, KS_THRESHOLD, MIN_CLAUSES,  # noqa: F401 (re-exported)
+                                        PSI_THRESHOLD, check_drift_settings)
+from tosguard.components.lexical import TERMS_FILE, WEIGHTS_FILE
 
 REFERENCE_FILE = "reference.json"
+PSI_MODERATE = 0.1  # marked in the report as a moderate shift; retraining waits for psi_threshold
+# PSI's smoothing, added to each bucket's share (not its count), so an empty bucket costs
+# the same however many clauses the window holds.
 _SMOOTH = 1e-4
+# The files that decide a served model's scores besides the encoder (whose weights the head
+# was trained with): the card (thresholds, calibration, profiles), the head, the lexical side.
+_FINGERPRINTED = (CARD_FILE, HEAD_FILE, WEIGHTS_FILE, TERMS_FILE)
 _wait = time.sleep  # the window's wait (tests fill it with traffic)
 
 
-def reference_from_scores(scores: np.ndarray, predicted: np.ndarray, categories: list[str], split: str = "test") -> dict:
+def model_fingerprint(folder) -> str:
+    """A short hash of what makes a model folder's scores its own (_FINGERPRINTED, where
+    present): the evaluate step writes it into the reference, the server publishes it, and
+    the monitor compares the two."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in _FINGERPRINTED:
+        path = Path(folder) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def reference_from_scores(scores: np.ndarray, predicted: np.ndarray, categories: list[str], split: str = "test",
+                          by_profile: dict | None = None, model: str | None = None) -> dict:
     """The reference a model ships: per category the score histogram over the server's
-    buckets and the positive rate, from its (calibrated) scores and decisions on `split`."""
+    buckets and the positive rate, from its (calibrated) scores and decisions on `split`.
+    by_profile: {profile: its decisions} for the rates of each serving profile (`predicted`
+    is the default profile's); model: the folder's model_fingerprint."""
     from tosguard.components.serving.telemetry import SCORE_BUCKETS
 
     scores, predicted = np.asarray(scores), np.asarray(predicted)
+    decisions = {"default": predicted, **{k: np.asarray(v) for k, v in (by_profile or {}).items()}}
     out = {"split": split, "clauses": int(len(scores)), "buckets": list(SCORE_BUCKETS), "categories": {}}
+    if model:
+        out["model"] = model
     for k, name in enumerate(categories):
+        rates = {profile: float(d[:, k].mean()) if len(d) else 0.0 for profile, d in decisions.items()}
         out["categories"][name] = {
             "counts": _bucket_counts(scores[:, k], SCORE_BUCKETS),
-            "positive_rate": float(predicted[:, k].mean()) if len(predicted) else 0.0,
+            "positive_rate": rates["default"],
+            "positive_rates": rates,
         }
     return out
 
@@ -64,10 +103,13 @@ def read_live(metrics_text: str) -> dict:
     cumulative: dict[str, dict[float, float]] = {}
     positives: dict[str, float] = {}
     clauses = 0.0
+    server: dict[str, str] = {}
     try:
         for family in text_string_to_metric_families(metrics_text):
             for sample in family.samples:
-                if sample.name == "tosguard_category_score_bucket":
+                if sample.name == "tosguard_server_info":
+                    server = {k: sample.labels[k] for k in ("instance", "model", "profile") if k in sample.labels}
+                elif sample.name == "tosguard_category_score_bucket":
                     bound = float(sample.labels["le"])
                     cumulative.setdefault(sample.labels["category"], {})[bound] = sample.value
                 elif sample.name == "tosguard_category_positive_total":
@@ -84,14 +126,19 @@ def read_live(metrics_text: str) -> dict:
         running = [by_bound[b] for b in bounds]
         counts = np.diff([0.0, *running]).tolist()
         categories[name] = {"bounds": bounds, "counts": counts, "positives": positives.get(name, 0.0)}
-    return {"clauses": clauses, "categories": categories}
+    return {"clauses": clauses, "categories": categories, "server": server}
 
 
 def subtract(later: dict, earlier: dict) -> dict:
     """What was scored between two reads of the metrics. Counters only grow: if one went
     down, the two reads came from different server processes (a restart, or a URL that
-    balances over several replicas) and their difference means nothing."""
-    out = {"clauses": later["clauses"] - earlier["clauses"], "categories": {}}
+    balances over several replicas) and their difference means nothing. The same holds when
+    the two reads name different server processes, even if every counter grew."""
+    first, second = (earlier.get("server") or {}).get("instance"), (later.get("server") or {}).get("instance")
+    if first and second and first != second:
+        raise ValueError(f"the two reads of the metrics came from different server processes ({first} then {second}): "
+                         "it restarted, or the URL balances over several replicas (watch one pod's address); read again")
+    out = {"clauses": later["clauses"] - earlier["clauses"], "categories": {}, "server": later.get("server") or {}}
     fell = out["clauses"] < 0
     for name, now in later["categories"].items():
         before = earlier["categories"].get(name, {"counts": [0.0] * len(now["counts"]), "positives": 0.0})
@@ -106,9 +153,14 @@ def subtract(later: dict, earlier: dict) -> dict:
 
 
 def psi(reference: np.ndarray, live: np.ndarray) -> float:
-    p = np.asarray(reference, dtype=np.float64) + _SMOOTH
-    q = np.asarray(live, dtype=np.float64) + _SMOOTH
-    p, q = p / p.sum(), q / q.sum()
+    """PSI of two bucket count vectors, on shares smoothed by _SMOOTH per bucket (an empty
+    side, no clause at all, counts as uniform rather than dividing by zero)."""
+    shares = []
+    for counts in (reference, live):
+        counts = np.asarray(counts, dtype=np.float64)
+        share = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1.0 / len(counts))
+        shares.append((share + _SMOOTH) / (1.0 + _SMOOTH * len(share)))
+    p, q = shares
     return float(np.sum((q - p) * np.log(q / p)))
 
 
@@ -123,6 +175,11 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
             min_clauses: int = MIN_CLAUSES) -> dict:
     """Per category PSI, KS and positive rates; `drifted` and `retrain` with the reason."""
     check_drift_settings(psi_threshold, ks_threshold, min_clauses)
+    server = live.get("server") or {}
+    if reference.get("model") and server.get("model") and reference["model"] != server["model"]:
+        raise ValueError(f"the server runs model {server['model']}, not the reference's model {reference['model']}: "
+                         "compare with the model it serves (--model), or deploy that model")
+    profile = server.get("profile") or "default"
     rows, problems = [], []
     clauses = int(live["clauses"])
     enough = clauses >= min_clauses  # below it a category is not marked drifted, however its PSI reads
@@ -132,8 +189,12 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
             raise ValueError(f"the server reports no scores for category {name!r}: a different model?")
         if [round(b, 6) for b in now["bounds"]] != [round(b, 6) for b in reference["buckets"]]:
             raise ValueError("the server's score buckets differ from the reference's; re-evaluate the model")
+        rates = ref.get("positive_rates") or {}
+        if profile != "default" and profile not in rates:
+            raise ValueError(f"the server runs the {profile!r} profile and the reference has no positive rates for it: "
+                             "re-evaluate the model with this version of tosguard")
         row = {"category": name, "psi": psi(ref["counts"], now["counts"]), "ks": ks(ref["counts"], now["counts"]),
-               "reference_positive_rate": ref["positive_rate"],
+               "reference_positive_rate": rates.get(profile, ref["positive_rate"]),
                "live_positive_rate": now["positives"] / clauses if clauses else 0.0}
         row["drifted"] = enough and (row["psi"] >= psi_threshold or row["ks"] >= ks_threshold)
         rows.append(row)
@@ -148,7 +209,9 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
         reason = f"no category's PSI reaches {psi_threshold} or KS {ks_threshold} over {clauses} clauses"
     return {"clauses": clauses, "enough_traffic": enough, "drifted": drifted, "retrain": drifted, "reason": reason,
             "psi_threshold": psi_threshold, "ks_threshold": ks_threshold, "min_clauses": min_clauses,
-            "reference_split": reference.get("split", "test"), "categories": rows}
+            "reference_split": reference.get("split", "test"), "profile": profile,
+            "server_instance": server.get("instance"), "model_fingerprint": server.get("model") or reference.get("model"),
+            "categories": rows}
 
 
 MAX_METRICS_BYTES = 8 * 2**20
@@ -227,10 +290,12 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, *
 def table(result: dict) -> str:
     lines = [f"{'category':<28} {'PSI':>6} {'KS':>6} {'positives ref':>13} {'positives live':>14}"]
     for row in result["categories"]:
-        mark = "  <- drift" if row["drifted"] else ""
+        moderate = result["enough_traffic"] and row["psi"] >= PSI_MODERATE
+        mark = "  <- drift" if row["drifted"] else "  <- moderate shift" if moderate else ""
         lines.append(f"{row['category']:<28} {row['psi']:>6.3f} {row['ks']:>6.3f} "
                      f"{100 * row['reference_positive_rate']:>12.1f}% {100 * row['live_positive_rate']:>13.1f}%{mark}")
-    lines.append(f"clauses scored: {result['clauses']}")
+    lines.append(f"clauses scored: {result['clauses']}; positive rates at the {result.get('profile', 'default')} "
+                 "profile's thresholds")
     lines.append(("RETRAIN: " if result["retrain"] else "ok: ") + result["reason"])
     return "\n".join(lines)
 

@@ -352,3 +352,132 @@ def test_analyze_url_falls_back_on_a_proxys_413_but_not_on_other_refusals(capsys
         refusal.update(status=400, body=b'{"error": "\\"document\\" must be a non-empty string"}')
         with pytest.raises(ValueError, match="HTTP 400.*non-empty string"):
             cli._RemoteScorer(url).analyze(document)
+
+
+# Bucket counts of the default model's scores on the 1,607 test clauses (seed 42, the main
+# job of 2026-11-29, its reference.json): nearly all mass in the first bucket, a thin tail.
+_REAL_REFERENCE = {
+    "Limitation of liability": [1533, 16, 9, 8, 8, 3, 3, 2, 0, 7, 6, 12],
+    "Unilateral termination": [1546, 4, 5, 7, 4, 4, 6, 1, 4, 1, 7, 18],
+    "Unilateral change": [1540, 18, 15, 3, 4, 0, 3, 5, 4, 5, 2, 8],
+    "Content removal": [1572, 9, 4, 2, 0, 2, 3, 1, 1, 3, 0, 10],
+    "Contract by using": [1584, 4, 1, 1, 0, 2, 0, 1, 1, 2, 4, 7],
+    "Choice of law": [1585, 5, 3, 1, 1, 0, 0, 1, 0, 3, 1, 7],
+    "Jurisdiction": [1586, 1, 3, 0, 0, 2, 1, 0, 3, 2, 2, 7],
+    "Arbitration": [1588, 6, 5, 0, 1, 0, 0, 3, 0, 2, 1, 1],
+}
+
+
+def _windows(rng, n: int, shift: float = 0.0) -> dict:
+    """A live window of n clauses drawn from the real reference's shares; with shift, that
+    share of Unilateral termination's clauses moved from the first bucket to the top one."""
+    categories = {}
+    for name, counts in _REAL_REFERENCE.items():
+        share = np.asarray(counts, dtype=np.float64) / sum(counts)
+        if shift and name == "Unilateral termination":
+            share[0] -= shift
+            share[-1] += shift
+        categories[name] = {"bounds": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0],
+                            "counts": rng.multinomial(n, share).tolist(), "positives": 0.0}
+    return {"clauses": n, "categories": categories}
+
+
+def test_the_drift_rule_on_windows_drawn_from_a_real_reference():
+    """Windows of 500 clauses (the default min_clauses) drawn from the same distribution as
+    the reference almost never say retrain; a window where 15% more of one category's
+    clauses score at the top nearly always does (measured: 5% reads PSI about 0.11, shown
+    as a moderate shift but no retrain; 10% says retrain in about two windows of three). PSI depends on the shares alone, so the same
+    shares read the same in a window of 500 and of 500,000 (smoothing counts instead of
+    shares made a larger window read as more drifted)."""
+    rng = np.random.default_rng(0)
+    reference = {"buckets": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0],
+                 "categories": {name: {"counts": counts, "positive_rate": 0.0}
+                                for name, counts in _REAL_REFERENCE.items()}}
+    calm = [monitor.compare(reference, _windows(rng, 500))["retrain"] for _ in range(200)]
+    drifted = [monitor.compare(reference, _windows(rng, 500, shift=0.15))["retrain"] for _ in range(200)]
+    assert sum(calm) <= 10 and sum(drifted) >= 190, (sum(calm), sum(drifted))
+    moderate = monitor.compare(reference, _windows(rng, 500, shift=0.05))
+    assert not moderate["retrain"] and "moderate shift" in monitor.table({**moderate, "url": "u"})
+    live = np.array([480, 10, 5, 5, 0, 0, 0, 0, 0, 0, 0, 0])
+    ref = np.array(_REAL_REFERENCE["Arbitration"])
+    assert monitor.psi(ref, live * 1000) == pytest.approx(monitor.psi(ref, live), rel=1e-9)
+    assert monitor.psi(ref, np.zeros(12)) == monitor.psi(ref, np.ones(12))  # no traffic: uniform, no crash
+
+
+def _metrics(instance: str, model: str, profile: str, clauses: float, low: float) -> dict:
+    text = "\n".join([
+        "# TYPE tosguard_server_info gauge",
+        f'tosguard_server_info{{instance="{instance}",model="{model}",profile="{profile}"}} 1.0',
+        "# TYPE tosguard_category_score histogram",
+        f'tosguard_category_score_bucket{{category="A",le="0.5"}} {low}',
+        f'tosguard_category_score_bucket{{category="A",le="1.0"}} {clauses}',
+        f'tosguard_category_score_bucket{{category="A",le="+Inf"}} {clauses}',
+        "# TYPE tosguard_clauses_scored counter",
+        f"tosguard_clauses_scored_total {clauses}",
+        "# TYPE tosguard_category_positive counter",
+        f'tosguard_category_positive_total{{category="A"}} {clauses - low}',
+    ]) + "\n"
+    return monitor.read_live(text)
+
+
+def test_reads_name_the_server_process_its_model_and_profile():
+    """Two reads from different processes are refused even when every counter grew (a busier
+    replica behind a Service); a server running another model is refused, not compared; the
+    positive rate compared is the one of the profile the server runs."""
+    first = _metrics("aaa", "m1", "default", 100.0, 90.0)
+    assert first["server"] == {"instance": "aaa", "model": "m1", "profile": "default"}
+    with pytest.raises(ValueError, match="different server processes"):
+        monitor.subtract(_metrics("bbb", "m1", "default", 900.0, 800.0), first)
+    window = monitor.subtract(_metrics("aaa", "m1", "default", 700.0, 630.0), first)
+    assert window["clauses"] == 600 and window["categories"]["A"]["counts"] == [540.0, 60.0]
+
+    reference = {"model": "m1", "buckets": [0.5, 1.0], "categories": {"A": {
+        "counts": [90, 10], "positive_rate": 0.1, "positive_rates": {"default": 0.1, "triage": 0.3}}}}
+    assert monitor.compare(reference, window, min_clauses=10)["categories"][0]["reference_positive_rate"] == 0.1
+    triage = monitor.compare(reference, monitor.subtract(_metrics("aaa", "m1", "triage", 700.0, 630.0), first),
+                             min_clauses=10)
+    assert triage["profile"] == "triage" and triage["categories"][0]["reference_positive_rate"] == 0.3
+    with pytest.raises(ValueError, match="runs model m2, not the reference's model m1"):
+        monitor.compare(reference, _metrics("aaa", "m2", "default", 100.0, 90.0))
+    old = {**reference, "categories": {"A": {"counts": [90, 10], "positive_rate": 0.1}}}
+    with pytest.raises(ValueError, match="no positive rates for it"):
+        monitor.compare(old, _metrics("aaa", "m1", "triage", 100.0, 90.0))
+    del old["model"]  # a reference from before fingerprints: compared as before
+    assert monitor.compare(old, window, min_clauses=10)["categories"][0]["reference_positive_rate"] == 0.1
+
+
+def test_the_server_publishes_the_fingerprint_its_reference_names(server, spread_model, tmp_path, monkeypatch):
+    """The real server's tosguard_server_info names the model folder's fingerprint, which the
+    evaluate step wrote into reference.json; a reference of a changed copy of the model (other
+    thresholds) is refused against this server; a window across a restart is refused even
+    though the restarted server scored more clauses than the first had."""
+    from tosguard.components.deploy import start_local_server, stop_local_server
+
+    live = monitor.read_live(monitor.fetch_metrics(server["url"]))
+    reference = json.loads((spread_model / monitor.REFERENCE_FILE).read_text())
+    assert live["server"]["model"] == reference["model"] == monitor.model_fingerprint(spread_model)
+    assert live["server"]["profile"] == "default" and len(live["server"]["instance"]) == 12
+    meta = requests.get(f"{server['url']}/v2/models/tosguard", timeout=10).json()
+    assert meta["parameters"]["fingerprint"] == reference["model"]
+
+    other = tmp_path / "other"
+    shutil.copytree(spread_model, other)
+    card = json.loads((other / "tosguard.json").read_text())
+    card["thresholds"] = [0.4] * len(card["thresholds"])
+    (other / "tosguard.json").write_text(json.dumps(card))
+    changed = {**reference, "model": monitor.model_fingerprint(other)}
+    assert changed["model"] != reference["model"]
+    (other / monitor.REFERENCE_FILE).write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="not the reference's model"):
+        monitor.check(server["url"], str(other), min_clauses=1)
+
+    _send(server["url"], _word_salad(20, seed=3))
+
+    def restart_with_more_traffic(seconds):
+        stop_local_server()
+        state = start_local_server(str(spread_model), port=int(server["url"].rsplit(":", 1)[1]))
+        _send(state["url"], _word_salad(60, seed=4))
+
+    monkeypatch.setattr(monitor, "_wait", restart_with_more_traffic)
+    with pytest.raises(ValueError, match="different server processes"):
+        monitor.check(server["url"], str(spread_model), window=5.0, min_clauses=1)

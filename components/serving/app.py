@@ -91,7 +91,7 @@ class PredictorApp:
     def __init__(self, model: UnfairClauseModel, token: str | None = None):
         self.model = model
         self.token = token
-        self.telemetry = Telemetry(model.categories)
+        self.telemetry = Telemetry(model.categories, model.scorer.fingerprint, model.scorer.profile)
         model.on_pass = self.telemetry.batch.observe
         model.on_results = self.telemetry.observe_results
         name = model.name

@@ -179,7 +179,8 @@ class UnfairClauseModel(kserve.Model):
             ],
             "parameters": {"categories": self.categories, "thresholds": self.scorer.thresholds.tolist(),
                            "profile": self.scorer.profile, "calibrated": self.scorer.calibration is not None,
-                           "base_model": self.scorer.card.get("base_model"), "method": self.scorer.card.get("method")},
+                           "base_model": self.scorer.card.get("base_model"), "method": self.scorer.card.get("method"),
+                           "fingerprint": self.scorer.fingerprint},
         }
 
 

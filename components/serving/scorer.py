@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from tosguard.components import calibration, lexical
+from tosguard.components import calibration, lexical, monitor
 from tosguard.components.config import PROFILES, env_number
 from tosguard.components.modeling import load_exported, score_encoded
 from tosguard.components.serving.split import split_sentences
@@ -61,6 +61,7 @@ class ClauseScorer:
         self.max_length = int(self.card.get("max_length", 128))
         # The TF-IDF side blended with the encoder (None: a model trained without it).
         self.lexical = lexical.LexicalModel.load(model_dir, self.card)
+        self.fingerprint = monitor.model_fingerprint(model_dir)  # the drift reference names the same
         use_bf16 = self.precision == "bf16" or (
             self.precision == "auto" and not torch.cuda.is_available() and _bf16_matmul_is_native()
         )

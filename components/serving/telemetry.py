@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 (re-exported for the app)
@@ -19,9 +20,15 @@ SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 class Telemetry:
-    def __init__(self, categories: list[str]):
+    def __init__(self, categories: list[str], model: str = "", profile: str = "default"):
+        """model: the served model's fingerprint (monitor.model_fingerprint); profile: the
+        thresholds' profile. Both, with a random id of this process, label
+        tosguard_server_info, so a drift monitor knows which process and model it read."""
         self.registry = CollectorRegistry()
         r = self.registry
+        self.instance = uuid.uuid4().hex[:12]
+        Gauge("tosguard_server_info", "this server process (random id), its model's fingerprint and profile",
+              ["instance", "model", "profile"], registry=r).labels(self.instance, model, profile).set(1)
         self.requests = Counter("tosguard_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=r)
         self.latency = Histogram("tosguard_request_seconds", "HTTP request latency by route", ["route"], registry=r,
