@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=200)
     parser.add_argument("--shifts", type=float, nargs="+", default=[0.0, 0.05, 0.08, 0.1, 0.12, 0.15])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="the reference's model folder: also score the bundled test split at the "
+                                        "serving precision bf16 and compare it with the (fp32) reference")
     args = parser.parse_args(argv)
 
     from tosguard.components import monitor
@@ -57,9 +59,33 @@ def main(argv=None) -> int:
         rows.append({"shift": shift, "retrain": said, "windows": args.windows, "median_psi": statistics.median(psis)})
         print(f"{shift:>6.2f} {said:>5}/{args.windows:<3} {statistics.median(psis):>11.3f}")
     print(f"{time.time() - started:.1f} s")
+    offset = _precision_offset(args.model, reference) if args.model else None
     print("RESULT " + json.dumps({"reference": args.reference, "category": args.category, "clauses": args.clauses,
-                                  "rows": rows}))
+                                  "rows": rows, "bf16_against_reference": offset}))
     return 0
+
+
+def _precision_offset(model: str, reference: dict) -> dict:
+    """The test split scored as a bf16 server scores it, judged against the reference (scored
+    in fp32 by the evaluate step): the drift a server reports from precision alone."""
+    from tosguard.components import monitor
+    from tosguard.components.download import bundled_dir
+    from tosguard.components.serving.scorer import ClauseScorer
+
+    texts = [json.loads(line)["text"] for line in (bundled_dir() / "test.jsonl").read_text().splitlines()]
+    started = time.time()
+    scorer = ClauseScorer(model, "bf16")
+    scores = np.concatenate([scorer.raw_scores(texts[i:i + 64])[:, :-1] for i in range(0, len(texts), 64)])
+    live = {"clauses": len(texts), "categories": {
+        name: {"bounds": reference["buckets"], "positives": 0.0,
+               "counts": monitor._bucket_counts(scores[:, k], reference["buckets"])}
+        for k, name in enumerate(scorer.categories)}}
+    result = monitor.compare(reference, live)
+    out = {"max_psi": max(r["psi"] for r in result["categories"]), "max_ks": max(r["ks"] for r in result["categories"]),
+           "retrain": result["retrain"], "seconds": time.time() - started}
+    print(f"bf16 scores of the {len(texts)} test clauses against the reference: largest PSI {out['max_psi']:.4f}, "
+          f"largest KS {out['max_ks']:.4f}, retrain {out['retrain']} ({out['seconds']:.0f} s)")
+    return out
 
 
 if __name__ == "__main__":
