@@ -24,7 +24,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="a model's reference.json")
     parser.add_argument("--category", default="Unilateral termination", help="the category whose scores move")
-    parser.add_argument("--clauses", type=int, default=500, help="clauses per window (default: min_clauses)")
+    parser.add_argument("--clauses", type=int, default=500,
+                        help="clauses per window (default 500, the monitor's min_clauses; a smaller window is judged "
+                             "with min_clauses lowered to its size)")
     parser.add_argument("--windows", type=int, default=200)
     parser.add_argument("--shifts", type=float, nargs="+", default=[0.0, 0.05, 0.08, 0.1, 0.12, 0.15])
     parser.add_argument("--seed", type=int, default=0)
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
                     share[-1] += moved
                 categories[name] = {"bounds": reference["buckets"], "positives": 0.0,
                                     "counts": rng.multinomial(args.clauses, share).tolist()}
-            result = monitor.compare(reference, {"clauses": args.clauses, "categories": categories})
+            result = monitor.compare(reference, {"clauses": args.clauses, "categories": categories},
+                                     min_clauses=min(args.clauses, monitor.MIN_CLAUSES))
             said += result["retrain"]
             psis.append(next(r["psi"] for r in result["categories"] if r["category"] == args.category))
         rows.append({"shift": shift, "retrain": said, "windows": args.windows, "median_psi": statistics.median(psis)})
@@ -73,6 +76,12 @@ def _precision_offset(model: str, reference: dict) -> dict:
     from tosguard.components.serving.scorer import ClauseScorer
 
     texts = [json.loads(line)["text"] for line in (bundled_dir() / "test.jsonl").read_text().splitlines()]
+    if reference.get("clauses") != len(texts):
+        raise SystemExit(f"the reference holds {reference.get('clauses')} clauses and the bundled test split "
+                         f"{len(texts)}: it was not made from the bundled data")
+    if reference.get("model") and reference["model"] != monitor.model_fingerprint(model):
+        raise SystemExit(f"{model} is not the reference's model (fingerprint {monitor.model_fingerprint(model)}, "
+                         f"the reference's {reference['model']})")
     started = time.time()
     scorer = ClauseScorer(model, "bf16")
     scores = np.concatenate([scorer.raw_scores(texts[i:i + 64])[:, :-1] for i in range(0, len(texts), 64)])

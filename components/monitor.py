@@ -135,7 +135,7 @@ def subtract(later: dict, earlier: dict) -> dict:
     balances over several replicas) and their difference means nothing. The same holds when
     the two reads name different server processes, even if every counter grew."""
     first, second = (earlier.get("server") or {}).get("instance"), (later.get("server") or {}).get("instance")
-    if first and second and first != second:
+    if first != second:  # one read without the id at all: an older server on one side of a rolling upgrade
         raise ValueError(f"the two reads of the metrics came from different server processes ({first} then {second}): "
                          "it restarted, or the URL balances over several replicas (watch one pod's address); read again")
     out = {"clauses": later["clauses"] - earlier["clauses"], "categories": {}, "server": later.get("server") or {}}
@@ -180,6 +180,10 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
         raise ValueError(f"the server runs model {server['model']}, not the reference's model {reference['model']}: "
                          "compare with the model it serves (--model), or deploy that model")
     profile = server.get("profile") or "default"
+    notes = []
+    if not server.get("profile"):
+        notes.append("the server does not name its profile (older than this monitor): the reference's rates are the "
+                     "default profile's")
     rows, problems = [], []
     clauses = int(live["clauses"])
     enough = clauses >= min_clauses  # below it a category is not marked drifted, however its PSI reads
@@ -190,13 +194,15 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
         if [round(b, 6) for b in now["bounds"]] != [round(b, 6) for b in reference["buckets"]]:
             raise ValueError("the server's score buckets differ from the reference's; re-evaluate the model")
         rates = ref.get("positive_rates") or {}
-        if profile != "default" and profile not in rates:
-            raise ValueError(f"the server runs the {profile!r} profile and the reference has no positive rates for it: "
-                             "re-evaluate the model with this version of tosguard")
+        if profile not in rates and profile != "default":
+            note = (f"the reference has no positive rates for the {profile!r} profile the server runs (evaluated "
+                    "before they were kept): the reference's rates are the default profile's")
+            notes += [] if note in notes else [note]
         row = {"category": name, "psi": psi(ref["counts"], now["counts"]), "ks": ks(ref["counts"], now["counts"]),
                "reference_positive_rate": rates.get(profile, ref["positive_rate"]),
                "live_positive_rate": now["positives"] / clauses if clauses else 0.0}
         row["drifted"] = enough and (row["psi"] >= psi_threshold or row["ks"] >= ks_threshold)
+        row["moderate"] = enough and not row["drifted"] and row["psi"] >= PSI_MODERATE
         rows.append(row)
         if row["drifted"]:
             problems.append(f"{name} (PSI {row['psi']:.2f}, KS {row['ks']:.2f})")
@@ -209,9 +215,9 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
         reason = f"no category's PSI reaches {psi_threshold} or KS {ks_threshold} over {clauses} clauses"
     return {"clauses": clauses, "enough_traffic": enough, "drifted": drifted, "retrain": drifted, "reason": reason,
             "psi_threshold": psi_threshold, "ks_threshold": ks_threshold, "min_clauses": min_clauses,
-            "reference_split": reference.get("split", "test"), "profile": profile,
-            "server_instance": server.get("instance"), "model_fingerprint": server.get("model") or reference.get("model"),
-            "categories": rows}
+            "reference_split": reference.get("split", "test"), "profile": profile, "notes": notes,
+            "server_instance": server.get("instance"), "server_model": server.get("model"),
+            "reference_model": reference.get("model"), "categories": rows}
 
 
 MAX_METRICS_BYTES = 8 * 2**20
@@ -290,12 +296,12 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, *
 def table(result: dict) -> str:
     lines = [f"{'category':<28} {'PSI':>6} {'KS':>6} {'positives ref':>13} {'positives live':>14}"]
     for row in result["categories"]:
-        moderate = result["enough_traffic"] and row["psi"] >= PSI_MODERATE
-        mark = "  <- drift" if row["drifted"] else "  <- moderate shift" if moderate else ""
+        mark = "  <- drift" if row["drifted"] else "  <- moderate shift" if row.get("moderate") else ""
         lines.append(f"{row['category']:<28} {row['psi']:>6.3f} {row['ks']:>6.3f} "
                      f"{100 * row['reference_positive_rate']:>12.1f}% {100 * row['live_positive_rate']:>13.1f}%{mark}")
     lines.append(f"clauses scored: {result['clauses']}; positive rates at the {result.get('profile', 'default')} "
                  "profile's thresholds")
+    lines += [f"note: {note}" for note in result.get("notes", [])]
     lines.append(("RETRAIN: " if result["retrain"] else "ok: ") + result["reason"])
     return "\n".join(lines)
 

@@ -439,11 +439,22 @@ def test_reads_name_the_server_process_its_model_and_profile():
     assert triage["profile"] == "triage" and triage["categories"][0]["reference_positive_rate"] == 0.3
     with pytest.raises(ValueError, match="runs model m2, not the reference's model m1"):
         monitor.compare(reference, _metrics("aaa", "m2", "default", 100.0, 90.0))
+    # A reference evaluated before per-profile rates were kept (the store keeps a version's
+    # first): compared, with the default profile's rate and a note saying so.
     old = {**reference, "categories": {"A": {"counts": [90, 10], "positive_rate": 0.1}}}
-    with pytest.raises(ValueError, match="no positive rates for it"):
-        monitor.compare(old, _metrics("aaa", "m1", "triage", 100.0, 90.0))
+    noted = monitor.compare(old, _metrics("aaa", "m1", "triage", 100.0, 90.0), min_clauses=10)
+    assert noted["categories"][0]["reference_positive_rate"] == 0.1
+    assert noted["notes"] and "no positive rates for the 'triage' profile" in monitor.table(noted)
     del old["model"]  # a reference from before fingerprints: compared as before
     assert monitor.compare(old, window, min_clauses=10)["categories"][0]["reference_positive_rate"] == 0.1
+    # One read from a server that names itself, one from one that does not (a rolling upgrade).
+    anonymous = {**first, "server": {}}
+    with pytest.raises(ValueError, match="different server processes"):
+        monitor.subtract(_metrics("aaa", "m1", "default", 700.0, 630.0), anonymous)
+    assert monitor.subtract({**window, "server": {}}, anonymous)["clauses"] == 600 - 100
+    unnamed = monitor.compare(reference, {**window, "server": {}}, min_clauses=10)
+    assert unnamed["server_model"] is None and unnamed["reference_model"] == "m1"
+    assert "does not name its profile" in monitor.table(unnamed)
 
 
 def test_the_server_publishes_the_fingerprint_its_reference_names(server, spread_model, tmp_path, monkeypatch):
@@ -456,6 +467,11 @@ def test_the_server_publishes_the_fingerprint_its_reference_names(server, spread
     live = monitor.read_live(monitor.fetch_metrics(server["url"]))
     reference = json.loads((spread_model / monitor.REFERENCE_FILE).read_text())
     assert live["server"]["model"] == reference["model"] == monitor.model_fingerprint(spread_model)
+    card = json.loads((spread_model / "tosguard.json").read_text())
+    assert "triage" in card["profiles"]  # evaluate kept each profile's rates; triage only lowers thresholds
+    for entry in reference["categories"].values():
+        assert set(entry["positive_rates"]) == {"default", "triage"}
+        assert entry["positive_rates"]["triage"] >= entry["positive_rates"]["default"] == entry["positive_rate"]
     assert live["server"]["profile"] == "default" and len(live["server"]["instance"]) == 12
     meta = requests.get(f"{server['url']}/v2/models/tosguard", timeout=10).json()
     assert meta["parameters"]["fingerprint"] == reference["model"]
