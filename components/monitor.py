@@ -184,6 +184,10 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
     if not server.get("profile"):
         notes.append("the server does not name its profile (older than this monitor): the reference's rates are the "
                      "default profile's")
+    elif profile != "default" and any(profile not in (ref.get("positive_rates") or {})
+                                      for ref in reference["categories"].values()):
+        notes.append(f"the reference has no positive rates for the {profile!r} profile the server runs (evaluated "
+                     "before they were kept): the reference's rates are the default profile's")
     rows, problems = [], []
     clauses = int(live["clauses"])
     enough = clauses >= min_clauses  # below it a category is not marked drifted, however its PSI reads
@@ -194,10 +198,6 @@ def compare(reference: dict, live: dict, psi_threshold: float = PSI_THRESHOLD, k
         if [round(b, 6) for b in now["bounds"]] != [round(b, 6) for b in reference["buckets"]]:
             raise ValueError("the server's score buckets differ from the reference's; re-evaluate the model")
         rates = ref.get("positive_rates") or {}
-        if profile not in rates and profile != "default":
-            note = (f"the reference has no positive rates for the {profile!r} profile the server runs (evaluated "
-                    "before they were kept): the reference's rates are the default profile's")
-            notes += [] if note in notes else [note]
         row = {"category": name, "psi": psi(ref["counts"], now["counts"]), "ks": ks(ref["counts"], now["counts"]),
                "reference_positive_rate": rates.get(profile, ref["positive_rate"]),
                "live_positive_rate": now["positives"] / clauses if clauses else 0.0}
