@@ -4,8 +4,9 @@ LexGLUE test split.
 The reference (`reference.json` beside the model, written by the evaluate step) holds per
 category the test split's positive rate and its score histogram over the same buckets the
 server's `tosguard_category_score` histogram uses. The monitor reads the server's
-Prometheus metrics (cumulative since the server started, or the difference of two reads
-`window` seconds apart), rebuilds the live histogram per category, and computes
+Prometheus metrics (cumulative since the server started, the difference of two reads
+`window` seconds apart, or the difference from the read the last judged check left in a
+mark: what a schedule wants), rebuilds the live histogram per category, and computes
 
 - PSI, the population stability index over the score buckets (smoothed so an empty bucket
   does not divide by zero): below 0.1 stable, 0.1-0.25 a moderate shift, 0.25 and up a
@@ -280,17 +281,175 @@ def load_reference(model: str) -> dict:
     return json.loads(path.read_text())
 
 
-def check(url: str, model: str, window: float = 0.0, token: str | None = None, **thresholds) -> dict:
+MARK_READS_KEPT = 32  # server processes a mark remembers (replicas come and go)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _read_json(uri: str) -> dict | None:
+    """A mark or held read: None when there is none. Storage errors are raised (a check that
+    cannot read its mark must not judge old traffic again as if it were new); a file that is
+    not JSON of the right shape is reported as ValueError."""
+    from tosguard.components import storage
+
+    if not storage.exists(uri):
+        return None
+    try:
+        data = json.loads(storage.read_text(uri))
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _valid_read(read) -> bool:
+    return (isinstance(read, dict) and isinstance(read.get("categories"), dict)
+            and isinstance(read.get("clauses"), (int, float)) and isinstance(read.get("server"), dict))
+
+
+def _read_mark(mark: str) -> tuple[dict | None, str]:
+    """{server instance: {time, read}} from the mark, or None and why there is none. A mark
+    that is not one is not fatal: the check judges everything since the server started and
+    writes a good mark after it."""
+    from tosguard.components import storage
+
+    shown = storage.redact(mark)
+    try:
+        data = _read_json(mark)
+        if data is None:
+            return None, f"no earlier check recorded in {shown}"
+        if "reads" not in data and _valid_read(data.get("read")):  # a mark of the first format: one read
+            data = {"reads": {data["read"]["server"].get("instance") or "": {"time": data.get("time", ""),
+                                                                           "read": data["read"]}}}
+        reads = data.get("reads")
+        if not isinstance(reads, dict) or not all(isinstance(v, dict) and _valid_read(v.get("read"))
+                                                  for v in reads.values()):
+            raise ValueError("not a drift check's mark")
+        return reads, ""
+    except ValueError as exc:
+        return None, f"the mark {shown} could not be read ({exc}); it is rewritten"
+
+
+def _record(mark: str, url: str, read: dict) -> None:
+    """Put this read into the mark under its server process, keeping the most recent
+    MARK_READS_KEPT processes (a Service's replicas are read one at a time)."""
+    from tosguard.components import storage
+
+    reads, _ = _read_mark(mark)
+    reads = dict(reads or {})
+    reads[(read.get("server") or {}).get("instance") or ""] = {"time": _now(), "read": read}
+    kept = dict(sorted(reads.items(), key=lambda item: item[1].get("time", ""), reverse=True)[:MARK_READS_KEPT])
+    storage.write_text(mark, json.dumps({"url": storage.redact(url), "time": _now(), "reads": kept}))
+
+
+def pending_mark(mark: str) -> str:
+    """Where a held retrain verdict's read waits until the retrain is done (hold_retrain)."""
+    return mark + ".pending"
+
+
+def acknowledge(mark: str, run: str = "") -> str:
+    """The retrain that the held verdict of pipeline run `run` asked for is done: its read goes
+    into the mark, so the next check of that server process judges only what came after it.
+    Returns what was done. A held read of another run (two watches overlapping) is left
+    alone: that run acknowledges it, or its traffic is judged again."""
+    from tosguard.components import storage
+
+    pending = pending_mark(mark)
+    try:
+        held = _read_json(pending)
+    except ValueError:
+        held = None
+    if held is None or not _valid_read(held.get("read")):
+        return f"no retrain was waiting on {storage.redact(mark)}"
+    if run and held.get("run") and held["run"] != run:
+        return f"the retrain waiting on {storage.redact(mark)} is run {held['run']}'s, not {run}'s: left to it"
+    _record(mark, held.get("url", ""), held["read"])
+    # Delete only the held read we moved; a newer one written meanwhile is, at worst, deleted
+    # too, and then its traffic is judged again by the next check (never skipped).
+    storage.delete(pending)
+    return f"the mark moved past the traffic that asked for this retrain ({storage.redact(mark)})"
+
+
+def check(url: str, model: str, window: float = 0.0, token: str | None = None, since: str | None = None,
+          hold_retrain: bool = False, run: str = "", **thresholds) -> dict:
     """Read the endpoint's metrics (twice, `window` seconds apart, when window > 0) and
-    compare them with the model's reference."""
+    compare them with the model's reference.
+
+    since: a mark (a file or store URI) for checks run one after another, as a schedule
+    does: judge only what the server process scored since the last check of that process
+    that reached a verdict with this mark, then record this read in it. A check with too
+    little traffic leaves the mark alone, so traffic adds up until there is enough to judge;
+    a process the mark has not seen (a restart, a new model) is judged on everything since
+    it started. Each replica behind a Service is its own process, with its own read in the
+    mark. Without a mark, a schedule judges everything since the server started on every
+    run, and one drifted hour keeps saying retrain long after it passed.
+    hold_retrain: a retrain verdict leaves the mark where it was and keeps its read aside
+    (pending_mark, tagged with `run`) until acknowledge() says the retrain is done; a retrain
+    that fails is asked for again by the next check, which judges the same traffic and more.
+    A verdict that is not held drops a held read (the wider traffic it judged no longer asks)."""
+    from tosguard.components import storage
+
     check_drift_settings(thresholds.get("psi_threshold", PSI_THRESHOLD), thresholds.get("ks_threshold", KS_THRESHOLD),
                          thresholds.get("min_clauses", MIN_CLAUSES), window)  # before any wait
+    if window > 0 and since:
+        raise ValueError("judge either a window or the traffic since the last check, not both")
     reference = load_reference(model)
-    live = read_live(fetch_metrics(url, token))
+    live = now = read_live(fetch_metrics(url, token))
+    notes = []
     if window > 0:
         _wait(window)
         live = subtract(read_live(fetch_metrics(url, token)), live)
-    return {"url": url, "model": model, "window_seconds": window or None, **compare(reference, live, **thresholds)}
+    elif since:
+        reads, why = _read_mark(since)
+        instance = (now.get("server") or {}).get("instance")
+        previous = (reads or {}).get(instance) if instance else None
+        if reads is None:
+            notes.append(why + ": judged on everything since the server started")
+        elif previous is None:
+            notes.append("the mark has no read of this server process (it restarted, serves another model, or is "
+                         "a replica not read before): judged on everything since it started")
+        else:
+            try:
+                live = subtract(now, previous["read"])
+            except ValueError:  # the same process cannot count backwards: the mark was edited by hand
+                notes.append("the mark's counts exceed the server's: judged on everything since it started")
+    result = compare(reference, live, **thresholds)
+    result["notes"] = notes + result["notes"]
+    if since:
+        held = result["enough_traffic"] and result["retrain"] and hold_retrain
+        try:
+            if held:
+                storage.write_text(pending_mark(since), json.dumps({"run": run, "url": storage.redact(url),
+                                                                    "time": _now(), "read": now}))
+                result["notes"].append("the mark moves once the retrain is done; until then the next check judges "
+                                       "this traffic too")
+            elif result["enough_traffic"]:
+                _record(since, url, now)
+                storage.delete(pending_mark(since))  # a retrain asked for earlier that never finished: no longer
+            else:
+                result["notes"].append("too little traffic to judge: the mark stays where it was, so the next "
+                                       "check judges this traffic too")
+        except Exception as exc:  # the verdict stands; the next check judges this traffic again
+            result["notes"].append(f"the mark {storage.redact(since)} could not be written "
+                                   f"({type(exc).__name__}: {storage.scrub(str(exc), since)}): the next check "
+                                   "judges this traffic again")
+    return {"url": url, "model": model, "window_seconds": window or None,
+            "since": storage.redact(since) if since else None, **result}
+
+
+def store_mark(url: str, store: str | None = None) -> str:
+    """Where the scheduled drift watch keeps its mark for an endpoint: monitor/ in the store,
+    one object per URL."""
+    import hashlib
+
+    from tosguard.components import storage
+    from tosguard.components.store import store_root
+
+    key = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    return storage.join(store_root(store), "monitor", f"{key}.json")
 
 
 def table(result: dict) -> str:
@@ -307,9 +466,16 @@ def table(result: dict) -> str:
 
 
 def run_step(url: str, model: str, window: float, psi_threshold: float, ks_threshold: float, min_clauses: int,
-             drift_metrics, report_path: str):
+             drift_metrics, report_path: str, since_last_check: bool = False, store: str = "", run: str = ""):
     """The pipeline's drift check. model: the served model's folder or store URI; empty: the
-    registry's champion (the model the gate promoted and deploy serves)."""
+    registry's champion (the model the gate promoted and deploy serves). since_last_check
+    (with window 0): judge what was scored since the last judged check of this URL, its
+    mark kept in the store (store_mark); a retrain verdict is held for run `run` until its
+    acknowledge step."""
+    import os
+
+    from tosguard.components import storage
+
     if not model:
         from tosguard.components.tracking import champion
 
@@ -317,13 +483,30 @@ def run_step(url: str, model: str, window: float, psi_threshold: float, ks_thres
         if not best:
             raise RuntimeError("no champion model in the registry to compare with; pass `model`")
         model = best["source"]
-    result = check(url, model, window=window, token=token(),
+    since = store_mark(url, store) if since_last_check and not window > 0 else None
+    result = check(url, model, window=window, token=token(), since=since, hold_retrain=True, run=run,
                    psi_threshold=psi_threshold, ks_threshold=ks_threshold, min_clauses=min_clauses)
+    if since and not storage.is_s3(since) and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        result["notes"].append(f"the mark is kept in this pod's own folder ({since}) and goes with the pod, so every "
+                               "run judges everything since the server started: pass store=s3://...")
     drift_metrics.log_metric("clauses", result["clauses"])
     for row in result["categories"]:
         key = row["category"].replace(" ", "_").replace("(", "").replace(")", "")
         drift_metrics.log_metric(f"psi.{key}", round(row["psi"], 4))
         drift_metrics.log_metric(f"ks.{key}", round(row["ks"], 4))
-    Path(report_path).write_text(f"# Drift check of {url}\n\n```\n{table(result)}\n```\n")
+    judged = (f"the last {window:g} s" if window > 0 else "since the last judged check" if since
+              else "everything since the server started")
+    Path(report_path).write_text(f"# Drift check of {url}\n\nTraffic judged: {judged}.\n\n```\n{table(result)}\n```\n")
     print(table(result), flush=True)
     return bool(result["retrain"])
+
+
+def acknowledge_step(url: str, window: float, since_last_check: bool, store: str = "", run: str = "") -> str:
+    """The drift watch's last step, after a retrain that ran to the end: move the endpoint's
+    mark past the traffic that asked for it (the held read of this run, `run`)."""
+    if not since_last_check or window > 0:
+        message = "no mark: this watch judges everything since the server started, or a window"
+    else:
+        message = acknowledge(store_mark(url, store), run)
+    print(message, flush=True)
+    return message

@@ -476,7 +476,7 @@ def _cmd_monitor(args) -> int:
             raise SystemExit("tosguard monitor: pass --model (the served model's folder or store URI); only the "
                              "local server started by `tosguard serve` is known without it")
         model = state["model_dir"]
-    result = monitor.check(args.url, model, window=args.window, token=monitor.token(),
+    result = monitor.check(args.url, model, window=args.window, token=monitor.token(), since=args.since_last,
                            psi_threshold=args.psi, ks_threshold=args.ks, min_clauses=args.min_clauses)
     print(json.dumps(result, indent=2) if args.json else monitor.table(result))
     return 3 if result["retrain"] else 0
@@ -719,9 +719,13 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--url", required=True, help="the server's base URL")
     mon.add_argument("--model", metavar="DIR|URI",
                      help="the served model's folder or store URI (default: the local `tosguard serve` model)")
-    mon.add_argument("--window", type=_bounded(float, 0.0), default=0.0, metavar="SECONDS",
-                     help="judge only what is scored during this many seconds (default: everything since the "
-                          "server started)")
+    judged = mon.add_mutually_exclusive_group()
+    judged.add_argument("--window", type=_bounded(float, 0.0), default=0.0, metavar="SECONDS",
+                        help="judge only what is scored during this many seconds (default: everything since the "
+                             "server started)")
+    judged.add_argument("--since-last", metavar="FILE|URI",
+                        help="for checks run one after another (cron): judge only what was scored since the last "
+                             "check that reached a verdict with this mark, then record this one in it")
     mon.add_argument("--psi", type=_bounded(float, 0.0, low_open=True), default=PSI_THRESHOLD,
                      help=f"PSI at which a category has drifted (default {PSI_THRESHOLD})")
     mon.add_argument("--ks", type=_bounded(float, 0.0, 1.0, low_open=True), default=KS_THRESHOLD,

@@ -230,7 +230,8 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
     def drift_watch(
         url: str = f"http://{NAME}-predictor.{NAME}.svc.cluster.local",
         model: str = "",  # the served model's store URI; empty: the registry's champion
-        window_s: float = 0.0,  # 0: everything the server scored since it started
+        window_s: float = 0.0,  # > 0: only what the server scores during this many seconds
+        since_last_check: bool = True,  # with window_s 0: only what was scored since the last judged check
         psi_threshold: float = PSI_THRESHOLD,
         ks_threshold: float = KS_THRESHOLD,
         min_clauses: int = MIN_CLAUSES,
@@ -259,7 +260,9 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         serve_profile: str = "",
     ):
         check = steps.check_drift(url=url, model=model, window_s=window_s, psi_threshold=psi_threshold,
-                                  ks_threshold=ks_threshold, min_clauses=min_clauses)
+                                  ks_threshold=ks_threshold, min_clauses=min_clauses,
+                                  since_last_check=since_last_check, store=store,
+                                  run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         check.set_display_name("Check the endpoint for drift")
         _on_cluster(check, cluster, "500m", "1Gi", network_retries=2)
         check.set_caching_options(False)  # the traffic changes between runs with the same inputs
@@ -276,6 +279,11 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
                 serve_profile=serve_profile,
             )
             retrain.set_display_name("Retrain (tosguard pipeline)")
+            done = steps.acknowledge_drift(url=url, window_s=window_s, since_last_check=since_last_check,
+                                           store=store, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).after(retrain)
+            done.set_display_name("Mark the drift as acted on")
+            _on_cluster(done, cluster, "250m", "512Mi", network_retries=2)
+            done.set_caching_options(False)  # it moves a mark in the store: never answered from the cache
 
     return drift_watch
 

@@ -126,10 +126,23 @@ def deploy_kserve(model_uri: str, model_version: str, mlflow_run_id: str, servic
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def check_drift(url: str, model: str, window_s: float, psi_threshold: float, ks_threshold: float, min_clauses: int,
-                drift: Output[Metrics], report: Output[Markdown]) -> bool:
+                since_last_check: bool, store: str, run_id: str, drift: Output[Metrics],
+                report: Output[Markdown]) -> bool:
     """Read the endpoint's metrics, compare per-category scores with the served model's test
-    reference (PSI, KS); returns True (retrain) when drift crosses the thresholds. One plain
-    output: kfp.local resolves a root-level condition on `Output` but not on a named output."""
+    reference (PSI, KS); returns True (retrain) when drift crosses the thresholds. With
+    since_last_check (and window_s 0) only the traffic since the last judged check counts,
+    its mark kept in the store. One plain output: kfp.local resolves a root-level condition
+    on `Output` but not on a named output."""
     from tosguard.components.monitor import run_step
 
-    return run_step(url, model, window_s, psi_threshold, ks_threshold, min_clauses, drift, report.path)
+    return run_step(url, model, window_s, psi_threshold, ks_threshold, min_clauses, drift, report.path,
+                    since_last_check=since_last_check, store=store, run=run_id)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def acknowledge_drift(url: str, window_s: float, since_last_check: bool, store: str, run_id: str) -> str:
+    """After a retrain that ran to the end: the endpoint's mark moves past the traffic that
+    asked for it (until then, a failed retrain is asked for again by the next check)."""
+    from tosguard.components.monitor import acknowledge_step
+
+    return acknowledge_step(url, window_s, since_last_check, store, run_id)

@@ -4,6 +4,7 @@ import contextlib
 import json
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,146 @@ def test_a_window_judges_only_what_arrived_during_it(server, data_slice_dir, mon
     assert not result["retrain"], result["reason"]
     # The same server judged on everything since it started still sees the word salad.
     assert monitor.check(url, str(server["model_dir"]), min_clauses=100)["retrain"]
+
+
+@contextlib.contextmanager
+def _second_server(model_dir):
+    """Another server process over the same model (a second replica), on 127.0.0.1."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tosguard.components.serving", "--model-dir", str(model_dir),
+                                "--host", "127.0.0.1", "--http-port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None and time.time() < deadline, "the second server did not start"
+            try:
+                if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_scheduled_checks_with_a_mark_judge_only_the_traffic_since_the_last_verdict(
+        server, spread_model, data_slice_dir, s3_env, tmp_path, capsys):
+    """What a cron'd `monitor` (or the drift-watch pipeline) needs: once acted on, a drifted
+    stream must not keep saying retrain on the next run when nothing new arrived. Without a
+    mark, every check judges everything since the server started, and does."""
+    from tosguard.components import storage
+
+    url, model = server["url"], str(spread_model)
+    mark = "s3://tosguard/monitor/endpoint.json"  # the store is S3 on a cluster (a moto server here)
+    familiar = _test_clauses(data_slice_dir)
+    _send(url, _word_salad(3 * len(familiar), seed=2))
+    first = monitor.check(url, model, since=mark, min_clauses=100)
+    assert first["retrain"] and first["clauses"] == 3 * len(familiar)
+    assert any("no earlier check recorded" in note for note in first["notes"])
+    written = json.loads(storage.read_text(mark))
+    (entry,) = written["reads"].values()
+    assert written["url"] == url and entry["read"]["clauses"] == 3 * len(familiar)
+
+    # Next run, nothing new: the plain check still says retrain; the marked one has no verdict
+    # and keeps its mark where it was.
+    assert monitor.check(url, model, min_clauses=100)["retrain"]
+    idle = monitor.check(url, model, since=mark, min_clauses=100)
+    assert idle["clauses"] == 0 and not idle["retrain"] and not idle["enough_traffic"]
+    assert json.loads(storage.read_text(mark)) == written
+
+    # Familiar traffic arrives in two halves: the first half alone is too little, then both together are judged.
+    half = len(familiar) // 2
+    _send(url, familiar[:half])
+    assert not monitor.check(url, model, since=mark, min_clauses=len(familiar))["enough_traffic"]
+    _send(url, familiar[half:])
+    calm = monitor.check(url, model, since=mark, min_clauses=len(familiar))
+    assert calm["clauses"] == len(familiar) and calm["enough_traffic"] and not calm["retrain"], calm["reason"]
+    assert max(row["psi"] for row in calm["categories"]) < 0.01
+    assert monitor.check(url, model, min_clauses=100)["retrain"]  # everything since start: the salad still weighs
+
+    # Two replicas behind one URL are read one at a time: each keeps its own read in the mark,
+    # so reading the other one in between does not send the first back to its start.
+    with _second_server(model) as other:
+        _send(other, familiar)
+        seen = monitor.check(other, model, since=mark, min_clauses=100)
+        assert seen["clauses"] == len(familiar) and not seen["retrain"]
+        assert any("no read of this server process" in note for note in seen["notes"])
+        assert len(json.loads(storage.read_text(mark))["reads"]) == 2
+        _send(url, familiar)
+        back = monitor.check(url, model, since=mark, min_clauses=100)
+        assert back["clauses"] == len(familiar) and not back["retrain"], back["reason"]
+
+    # The CLI, with a local mark file; --window and --since-last exclude each other.
+    local_mark = tmp_path / "marks" / "watch.json"
+    assert main(["monitor", "--url", url, "--model", model, "--since-last", str(local_mark), "--min-clauses", "100",
+                 "--json"]) == 3  # no mark yet: everything since start
+    capsys.readouterr()
+    assert main(["monitor", "--url", url, "--model", model, "--since-last", str(local_mark), "--min-clauses", "100",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["clauses"] == 0
+    with pytest.raises(SystemExit):
+        main(["monitor", "--url", url, "--model", model, "--since-last", str(local_mark), "--window", "5"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not both"):
+        monitor.check(url, model, window=5.0, since=str(local_mark))
+
+    # A mark that is not one is rewritten, not fatal.
+    local_mark.write_text("{not json")
+    broken = monitor.check(url, model, since=str(local_mark), min_clauses=100)
+    assert broken["retrain"] and any("could not be read" in note for note in broken["notes"])
+    assert monitor.check(url, model, since=str(local_mark), min_clauses=100)["clauses"] == 0
+    # A mark that cannot be written leaves the verdict standing and says so.
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    _send(url, familiar)
+    unwritten = monitor.check(url, model, since=str(blocked / "mark.json"), min_clauses=100)
+    assert unwritten["retrain"] and any("could not be written" in note for note in unwritten["notes"])
+
+
+def test_the_watch_holds_a_retrain_verdict_until_its_retrain_is_done(server, spread_model, data_slice_dir,
+                                                                     tmp_path):
+    """The pipeline's check holds a retrain verdict for its run: if the retrain fails, the
+    next check judges the same drifted traffic (and more) and asks again; once that run's
+    retrain is done, the mark moves past it. Another run cannot move it; a verdict that is
+    not held drops the hold."""
+    url, model = server["url"], str(spread_model)
+    mark = str(tmp_path / "mark.json")
+    familiar = _test_clauses(data_slice_dir)
+    _send(url, familiar)
+    assert not monitor.check(url, model, since=mark, hold_retrain=True, run="r0", min_clauses=100)["retrain"]
+    calm = json.loads((tmp_path / "mark.json").read_text())
+    salad = _word_salad(600, seed=3)
+    _send(url, salad)
+    asked = monitor.check(url, model, since=mark, hold_retrain=True, run="r1", min_clauses=100)
+    assert asked["retrain"] and asked["clauses"] == len(salad)
+    assert json.loads((tmp_path / "mark.json").read_text()) == calm  # held, not moved
+    # Run r1's retrain failed (no acknowledge): run r2 asks again, over the same traffic.
+    again = monitor.check(url, model, since=mark, hold_retrain=True, run="r2", min_clauses=100)
+    assert again["retrain"] and again["clauses"] == len(salad)
+    assert monitor.acknowledge(mark, "r1").startswith("the retrain waiting")  # r2's hold is not r1's to move
+    assert json.loads((tmp_path / "mark.json").read_text()) == calm
+    assert monitor.acknowledge(mark, "r2").startswith("the mark moved")
+    assert monitor.acknowledge(mark, "r2").startswith("no retrain was waiting")
+    assert not Path(monitor.pending_mark(mark)).exists()
+    after = monitor.check(url, model, since=mark, hold_retrain=True, run="r3", min_clauses=100)
+    assert after["clauses"] == 0 and not after["retrain"]
+    # A hold never acknowledged is dropped by the next verdict that is not held (here, calm
+    # traffic ten times the salad: the wider window no longer asks).
+    _send(url, salad)
+    assert monitor.check(url, model, since=mark, hold_retrain=True, run="r4", min_clauses=100)["retrain"]
+    assert Path(monitor.pending_mark(mark)).exists()
+    _send(url, familiar * 10)
+    diluted = monitor.check(url, model, since=mark, hold_retrain=True, run="r5", min_clauses=100)
+    assert not diluted["retrain"] and diluted["clauses"] == len(salad) + 10 * len(familiar), diluted["reason"]
+    assert not Path(monitor.pending_mark(mark)).exists()
 
 
 def test_reading_metrics_and_the_statistics():

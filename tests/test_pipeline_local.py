@@ -172,11 +172,21 @@ def _drift_watch_retrains_only_on_drift(url: str, model_dir: Path, tmp_path: Pat
     watch(run_name="watch-calm", **common)
     assert not find_runs("tags.`mlflow.runName` = 'watch-calm'")
 
-    send([row["text"] for row in rows("test") if row["labels"]] * 8)
+    unfair = [row["text"] for row in rows("test") if row["labels"]] * 8
+    send(unfair)
     watch(run_name="watch-drifted", **common)
     checks = [p.read_text() for p in sorted((tmp_path / "watch").glob("*/check-drift/report"),
                                             key=lambda p: p.stat().st_mtime)]
     assert len(checks) == 2 and "RETRAIN" not in checks[0] and "RETRAIN" in checks[1], checks
+    # The schedule's default: the second check judged only what arrived after the first one
+    # (the unfair stream), the mark of the first read kept in the store.
+    assert "since the last judged check" in checks[1] and f"clauses scored: {len(unfair)};" in checks[1], checks[1]
+    from tosguard.components import monitor, storage
+
+    # The retrain ran to the end, so the last step moved the mark past the unfair stream.
+    (entry,) = json.loads(storage.read_text(monitor.store_mark(url)))["reads"].values()  # one server process
+    assert entry["read"]["clauses"] >= 600 + len(unfair)
+    assert not storage.exists(monitor.pending_mark(monitor.store_mark(url)))
     runs = find_runs("tags.`mlflow.runName` LIKE '%'")
     (retrained,) = [r for r in runs if r.data.tags.get("mlflow.runName") == "watch-drifted"] or [None]
     assert retrained is not None, [r.data.tags.get("mlflow.runName") for r in runs]
