@@ -305,15 +305,41 @@ def _read_json(uri: str) -> dict | None:
     return data
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
 def _valid_read(read) -> bool:
-    return (isinstance(read, dict) and isinstance(read.get("categories"), dict)
-            and isinstance(read.get("clauses"), (int, float)) and isinstance(read.get("server"), dict))
+    """Whether `read` has the shape read_live gives (what subtract and compare need)."""
+    if not (isinstance(read, dict) and _number(read.get("clauses")) and isinstance(read.get("server"), dict)
+            and isinstance(read.get("categories"), dict)):
+        return False
+    for entry in read["categories"].values():
+        if not (isinstance(entry, dict) and _number(entry.get("positives"))
+                and isinstance(entry.get("counts"), list) and isinstance(entry.get("bounds"), list)
+                and len(entry["counts"]) == len(entry["bounds"])
+                and all(_number(v) for v in entry["counts"] + entry["bounds"])):
+            return False
+    return True
+
+
+def check_mark_location(mark: str) -> None:
+    """A mark is a local path, a file:// URI or s3://BUCKET/KEY; anything else is refused
+    before any read (a mistyped location would otherwise pass as "no mark yet" on every run)."""
+    if "://" not in mark:
+        if not mark.strip():
+            raise ValueError("the mark's location is empty")
+        return
+    if mark.startswith("file://"):
+        return
+    if not mark.startswith("s3://") or not mark[5:].split("/", 1)[0] or not mark[5:].partition("/")[2].strip("/"):
+        raise ValueError(f"the mark {mark!r} is not a local path, file:// URI or s3://BUCKET/KEY")
 
 
 def _read_mark(mark: str) -> tuple[dict | None, str]:
     """{server instance: {time, read}} from the mark, or None and why there is none. A mark
     that is not one is not fatal: the check judges everything since the server started and
-    writes a good mark after it."""
+    writes a good mark after it. A mark that cannot be read at all (storage errors) raises."""
     from tosguard.components import storage
 
     shown = storage.redact(mark)
@@ -321,12 +347,10 @@ def _read_mark(mark: str) -> tuple[dict | None, str]:
         data = _read_json(mark)
         if data is None:
             return None, f"no earlier check recorded in {shown}"
-        if "reads" not in data and _valid_read(data.get("read")):  # a mark of the first format: one read
-            data = {"reads": {data["read"]["server"].get("instance") or "": {"time": data.get("time", ""),
-                                                                           "read": data["read"]}}}
         reads = data.get("reads")
-        if not isinstance(reads, dict) or not all(isinstance(v, dict) and _valid_read(v.get("read"))
-                                                  for v in reads.values()):
+        if not isinstance(reads, dict) or not all(
+                isinstance(key, str) and isinstance(v, dict) and isinstance(v.get("time"), str)
+                and _valid_read(v.get("read")) for key, v in reads.items()):
             raise ValueError("not a drift check's mark")
         return reads, ""
     except ValueError as exc:
@@ -335,13 +359,18 @@ def _read_mark(mark: str) -> tuple[dict | None, str]:
 
 def _record(mark: str, url: str, read: dict) -> None:
     """Put this read into the mark under its server process, keeping the most recent
-    MARK_READS_KEPT processes (a Service's replicas are read one at a time)."""
+    MARK_READS_KEPT processes (a Service's replicas are read one at a time). A process's read
+    never goes back: if the mark already holds a later read of it (another check got there
+    first), that one stays, so no traffic is judged twice."""
     from tosguard.components import storage
 
     reads, _ = _read_mark(mark)
     reads = dict(reads or {})
-    reads[(read.get("server") or {}).get("instance") or ""] = {"time": _now(), "read": read}
-    kept = dict(sorted(reads.items(), key=lambda item: item[1].get("time", ""), reverse=True)[:MARK_READS_KEPT])
+    instance = (read.get("server") or {}).get("instance") or ""
+    held = reads.get(instance)
+    if held is None or held["read"]["clauses"] <= read["clauses"]:
+        reads[instance] = {"time": _now(), "read": read}
+    kept = dict(sorted(reads.items(), key=lambda item: item[1]["time"], reverse=True)[:MARK_READS_KEPT])
     storage.write_text(mark, json.dumps({"url": storage.redact(url), "time": _now(), "reads": kept}))
 
 
@@ -396,6 +425,8 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
                          thresholds.get("min_clauses", MIN_CLAUSES), window)  # before any wait
     if window > 0 and since:
         raise ValueError("judge either a window or the traffic since the last check, not both")
+    if since:
+        check_mark_location(since)
     reference = load_reference(model)
     live = now = read_live(fetch_metrics(url, token))
     notes = []
@@ -419,25 +450,48 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
     result = compare(reference, live, **thresholds)
     result["notes"] = notes + result["notes"]
     if since:
-        held = result["enough_traffic"] and result["retrain"] and hold_retrain
-        try:
-            if held:
-                storage.write_text(pending_mark(since), json.dumps({"run": run, "url": storage.redact(url),
-                                                                    "time": _now(), "read": now}))
-                result["notes"].append("the mark moves once the retrain is done; until then the next check judges "
-                                       "this traffic too")
-            elif result["enough_traffic"]:
-                _record(since, url, now)
-                storage.delete(pending_mark(since))  # a retrain asked for earlier that never finished: no longer
-            else:
-                result["notes"].append("too little traffic to judge: the mark stays where it was, so the next "
-                                       "check judges this traffic too")
-        except Exception as exc:  # the verdict stands; the next check judges this traffic again
-            result["notes"].append(f"the mark {storage.redact(since)} could not be written "
-                                   f"({type(exc).__name__}: {storage.scrub(str(exc), since)}): the next check "
-                                   "judges this traffic again")
+        _move_mark(since, url, now, run, result, held=result["enough_traffic"] and result["retrain"] and hold_retrain)
     return {"url": url, "model": model, "window_seconds": window or None,
             "since": storage.redact(since) if since else None, **result}
+
+
+def _move_mark(since: str, url: str, now: dict, run: str, result: dict, held: bool) -> None:
+    """After a verdict: hold this read (a retrain to come), record it, or leave the mark alone
+    (too little traffic). A mark that cannot be written leaves a retrain verdict standing (the
+    retrain matters more; the next check judges this traffic again) but fails any other
+    check, so a mistyped or unwritable store is seen at once rather than noted every run."""
+    from tosguard.components import storage
+
+    shown = storage.redact(since)
+
+    def failed(exc: Exception) -> str:
+        return f"{type(exc).__name__}: {storage.scrub(str(exc), since)}"
+
+    if not result["enough_traffic"]:
+        result["notes"].append("too little traffic to judge: the mark stays where it was, so the next check "
+                               "judges this traffic too")
+        return
+    try:
+        if held:
+            storage.write_text(pending_mark(since), json.dumps({"run": run, "url": storage.redact(url),
+                                                                "time": _now(), "read": now}))
+        else:
+            _record(since, url, now)
+    except Exception as exc:
+        if not result["retrain"]:
+            raise OSError(f"the drift mark {shown} could not be written ({failed(exc)}); the verdict was: "
+                          f"{result['reason']}") from None
+        result["notes"].append(f"the mark {shown} could not be written ({failed(exc)}): the next check judges this "
+                               "traffic again")
+        return
+    if held:
+        result["notes"].append("the mark moves once the retrain is done; until then the next check judges this "
+                               "traffic too")
+        return
+    try:
+        storage.delete(pending_mark(since))  # a retrain asked for earlier that never finished: no longer asked
+    except Exception as exc:
+        result["notes"].append(f"a retrain held earlier in {shown}.pending could not be dropped ({failed(exc)})")
 
 
 def store_mark(url: str, store: str | None = None) -> str:
@@ -508,5 +562,8 @@ def acknowledge_step(url: str, window: float, since_last_check: bool, store: str
         message = "no mark: this watch judges everything since the server started, or a window"
     else:
         message = acknowledge(store_mark(url, store), run)
+        if message.startswith("no retrain was waiting"):
+            message += (" (this run's check could not hold its read, or a later check dropped it): the next check "
+                        "judges that traffic again")
     print(message, flush=True)
     return message

@@ -172,8 +172,8 @@ def with_retries(action: Callable[[], T], what: str, attempts: int | None = None
         except (IntegrityError, BotoCoreError, ClientError, OSError) as exc:
             if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
                 "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"
-            ):
-                raise  # not transient: retrying cannot help
+            ) or _is_missing(exc):
+                raise  # not transient: retrying cannot help (S3 reads after writes are consistent)
             if isinstance(exc, (FileNotFoundError, NoCredentialsError)) or attempt == attempts:
                 raise
             delay = base_delay * 2 ** (attempt - 1)

@@ -236,12 +236,25 @@ def test_scheduled_checks_with_a_mark_judge_only_the_traffic_since_the_last_verd
     broken = monitor.check(url, model, since=str(local_mark), min_clauses=100)
     assert broken["retrain"] and any("could not be read" in note for note in broken["notes"])
     assert monitor.check(url, model, since=str(local_mark), min_clauses=100)["clauses"] == 0
-    # A mark that cannot be written leaves the verdict standing and says so.
+    # A mark that cannot be written leaves a retrain verdict standing and says so; after a
+    # calm verdict it fails the check (nothing is lost, and a bad store is seen at once).
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")
-    _send(url, familiar)
     unwritten = monitor.check(url, model, since=str(blocked / "mark.json"), min_clauses=100)
     assert unwritten["retrain"] and any("could not be written" in note for note in unwritten["notes"])
+    with _second_server(model) as other:
+        _send(other, familiar)
+        with pytest.raises(OSError, match="could not be written.*the verdict was: no category"):
+            monitor.check(other, model, since=str(blocked / "mark.json"), min_clauses=100)
+    # A mark the store cannot read (here a folder) fails the check instead of judging old traffic as new.
+    with pytest.raises(OSError):
+        monitor.check(url, model, since=str(tmp_path), min_clauses=100)
+    # A mistyped location is refused before anything is read.
+    for bad in ("gs://bucket/mark.json", "s3:///mark.json", "s3://bucket", "  "):
+        with pytest.raises(ValueError, match="mark"):
+            monitor.check(url, model, since=bad, min_clauses=100)
+    assert main(["monitor", "--url", url, "--model", model, "--since-last", "s3://bucket/"]) == 2
+    assert "s3://BUCKET/KEY" in capsys.readouterr().err
 
 
 def test_the_watch_holds_a_retrain_verdict_until_its_retrain_is_done(server, spread_model, data_slice_dir,
@@ -280,6 +293,41 @@ def test_the_watch_holds_a_retrain_verdict_until_its_retrain_is_done(server, spr
     diluted = monitor.check(url, model, since=mark, hold_retrain=True, run="r5", min_clauses=100)
     assert not diluted["retrain"] and diluted["clauses"] == len(salad) + 10 * len(familiar), diluted["reason"]
     assert not Path(monitor.pending_mark(mark)).exists()
+
+
+def test_a_mark_keeps_the_latest_read_per_process_never_goes_back_and_refuses_bad_shapes(tmp_path):
+    mark = str(tmp_path / "mark.json")
+
+    def read(instance: str, clauses: float) -> dict:
+        return {"clauses": clauses, "server": {"instance": instance, "model": "m", "profile": "default"},
+                "categories": {"A": {"bounds": [0.5, 1.0], "counts": [clauses, 0.0], "positives": 0.0}}}
+
+    for i in range(monitor.MARK_READS_KEPT + 3):
+        monitor._record(mark, "http://127.0.0.1:1", read(f"p{i:02d}", 10.0))
+        data = json.loads(Path(mark).read_text())
+        for entry in data["reads"].values():  # distinct times, so "most recent" is well defined
+            entry["time"] = f"2026-01-01T00:{int(entry['read']['server']['instance'][1:]):02d}:00Z"
+        Path(mark).write_text(json.dumps(data))
+    reads, _ = monitor._read_mark(mark)
+    assert len(reads) == monitor.MARK_READS_KEPT and "p00" not in reads and "p34" in reads
+    monitor._record(mark, "http://127.0.0.1:1", read("p34", 50.0))
+    monitor._record(mark, "http://127.0.0.1:1", read("p34", 20.0))  # an older read, written late: ignored
+    assert monitor._read_mark(mark)[0]["p34"]["read"]["clauses"] == 50.0
+    # Shapes subtract() would trip on are a bad mark (rewritten), not a crash.
+    good = json.loads(Path(mark).read_text())
+    for broken in ({"counts": [1.0]}, {"counts": "x", "bounds": [0.5], "positives": 0},
+                   {"counts": [1.0, 2.0], "bounds": [0.5], "positives": 0.0}):
+        bad = json.loads(json.dumps(good))
+        bad["reads"]["p34"]["read"]["categories"]["A"] = broken
+        Path(mark).write_text(json.dumps(bad))
+        reads, why = monitor._read_mark(mark)
+        assert reads is None and "could not be read" in why, broken
+    bad = json.loads(json.dumps(good))
+    bad["reads"]["p34"]["time"] = 5
+    Path(mark).write_text(json.dumps(bad))
+    assert monitor._read_mark(mark)[0] is None
+    monitor._record(mark, "http://user:secret@127.0.0.1:1", read("p99", 1.0))  # rewritten whole, no password kept
+    assert set(monitor._read_mark(mark)[0]) == {"p99"} and "secret" not in Path(mark).read_text()
 
 
 def test_reading_metrics_and_the_statistics():

@@ -36,7 +36,7 @@ def _tree(root, sizes):
     return root
 
 
-def test_folder_round_trip_through_s3_verifies_every_file(moto, s3_env, tmp_path, monkeypatch):
+def test_folder_round_trip_through_s3_verifies_every_file(moto, s3_env, tmp_path, monkeypatch, caplog):
     # Small multipart settings so a 12 MiB file goes up in three parts.
     monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * storage.MIB)
     monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * storage.MIB)
@@ -55,6 +55,8 @@ def test_folder_round_trip_through_s3_verifies_every_file(moto, s3_env, tmp_path
     assert storage.exists("s3://tosguard/t/x.txt") and not storage.exists("s3://tosguard/t/nope")
     with pytest.raises(FileNotFoundError, match="no such object"):
         storage.download_file("s3://tosguard/t/nope", tmp_path / "nope")
+    # A missing object is an answer, not a transient error: no retries (they cost 7.5 s a miss).
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()], caplog.text
 
 
 def test_local_store_round_trip(tmp_path):

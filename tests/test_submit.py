@@ -203,6 +203,9 @@ def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_co
     assert root["check-drift"]["inputs"]["parameters"]["since_last_check"]["componentInputParameter"] == \
         "since_last_check"
     assert spec["root"]["inputDefinitions"]["parameters"]["since_last_check"]["defaultValue"] is True
+    # The hold and its acknowledgement name the same run: this KFP run's own id.
+    for task in (root["check-drift"], acknowledge):
+        assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     steps = spec["components"][inner["componentRef"]["name"]]["dag"]["tasks"]
     assert {"open-run", "download-data", "tokenize-data", "evaluate-model"} <= set(steps)
     assert main(["schedule", "--host", kfp_api.url, "--cron", "0 0 * * * *", "--drift-watch",
