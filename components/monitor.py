@@ -28,6 +28,7 @@ Numpy and the Prometheus parser only: it runs beside the server or in a pipeline
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -329,6 +330,9 @@ def check_mark_location(mark: str) -> None:
     if "://" not in mark:
         if not mark.strip():
             raise ValueError("the mark's location is empty")
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", mark):  # s3:/bucket/key, a slash short: not a local path
+            raise ValueError(f"the mark {mark!r} looks like a mistyped URI: a local path, file:// URI or "
+                             "s3://BUCKET/KEY")
         return
     if mark.startswith("file://"):
         return
@@ -423,9 +427,9 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
 
     check_drift_settings(thresholds.get("psi_threshold", PSI_THRESHOLD), thresholds.get("ks_threshold", KS_THRESHOLD),
                          thresholds.get("min_clauses", MIN_CLAUSES), window)  # before any wait
-    if window > 0 and since:
+    if window > 0 and since is not None:
         raise ValueError("judge either a window or the traffic since the last check, not both")
-    if since:
+    if since is not None:
         check_mark_location(since)
     reference = load_reference(model)
     live = now = read_live(fetch_metrics(url, token))
@@ -515,7 +519,8 @@ def table(result: dict) -> str:
     lines.append(f"clauses scored: {result['clauses']}; positive rates at the {result.get('profile', 'default')} "
                  "profile's thresholds")
     lines += [f"note: {note}" for note in result.get("notes", [])]
-    lines.append(("RETRAIN: " if result["retrain"] else "ok: ") + result["reason"])
+    verdict = "RETRAIN: " if result["retrain"] else "ok: " if result["enough_traffic"] else "no verdict: "
+    lines.append(verdict + result["reason"])
     return "\n".join(lines)
 
 

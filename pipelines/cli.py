@@ -473,8 +473,8 @@ def _cmd_monitor(args) -> int:
 
         state = read_state()
         if not state or not _same_url(state["url"], args.url):
-            raise SystemExit("tosguard monitor: pass --model (the served model's folder or store URI); only the "
-                             "local server started by `tosguard serve` is known without it")
+            raise ValueError("pass --model (the served model's folder, store URI or models:/tosguard@champion); "
+                             "only the local server started by `tosguard serve` is known without it")
         model = state["model_dir"]
     result = monitor.check(args.url, model, window=args.window, token=monitor.token(), since=args.since_last,
                            psi_threshold=args.psi, ks_threshold=args.ks, min_clauses=args.min_clauses)
@@ -715,10 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Compare the per-category score distributions a running server has produced "
                                      "(its /metrics) with the served model's reference from the test split: PSI "
                                      "and KS per category, positive rates. Exit code 3 when retraining is "
-                                     "recommended, 0 otherwise.")
+                                     "recommended, 0 when calm or with too little traffic to judge ('no "
+                                     "verdict'), 2 on an error.")
     mon.add_argument("--url", required=True, help="the server's base URL")
     mon.add_argument("--model", metavar="DIR|URI",
-                     help="the served model's folder or store URI (default: the local `tosguard serve` model)")
+                     help="the served model's folder, store URI or registry URI such as models:/tosguard@champion "
+                          "(default: the local `tosguard serve` model)")
     judged = mon.add_mutually_exclusive_group()
     judged.add_argument("--window", type=_bounded(float, 0.0), default=0.0, metavar="SECONDS",
                         help="judge only what is scored during this many seconds (default: everything since the "

@@ -101,7 +101,7 @@ def test_the_familiar_stream_is_stable_and_a_drifted_one_says_retrain(server, sp
     familiar = _test_clauses(data_slice_dir)
     # Too little traffic: no verdict either way.
     assert main(["monitor", "--url", url, "--min-clauses", "100"]) == 0
-    assert "only 0 clauses scored" in capsys.readouterr().out
+    assert "no verdict: only 0 clauses scored" in capsys.readouterr().out
 
     _send(url, familiar)  # the very clauses the reference was scored on
     assert main(["monitor", "--url", url, "--min-clauses", "100", "--json"]) == 0
@@ -375,8 +375,14 @@ def test_reading_metrics_and_the_statistics():
 
 
 def test_monitor_without_a_known_model_or_server_fails_clearly(tosguard_home, capsys, tmp_path):
-    with pytest.raises(SystemExit, match="pass --model"):
-        main(["monitor", "--url", "http://127.0.0.1:9"])
+    assert main(["monitor", "--url", "http://127.0.0.1:9"]) == 2
+    assert "tosguard monitor: error: pass --model" in capsys.readouterr().err
+    # An empty or mistyped mark is refused before anything is read (a cron line with an unset
+    # variable must not judge everything since the server started, unnoticed, every run).
+    for mark in ("", "s3:/bucket/mark.json"):
+        assert main(["monitor", "--url", "http://127.0.0.1:9", "--model", "/nonexistent", "--since-last", mark]) == 2
+        assert "mark" in capsys.readouterr().err
+    assert not Path("s3:").exists()
     (tmp_path / "m").mkdir()
     assert main(["monitor", "--url", "http://127.0.0.1:9", "--model", str(tmp_path / "m")]) == 2
     assert "reference.json not found" in capsys.readouterr().err
