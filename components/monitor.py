@@ -336,8 +336,16 @@ def check_mark_location(mark: str) -> None:
         return
     if mark.startswith("file://"):
         return
-    if not mark.startswith("s3://") or not mark[5:].split("/", 1)[0] or not mark[5:].partition("/")[2].strip("/"):
-        raise ValueError(f"the mark {mark!r} is not a local path, file:// URI or s3://BUCKET/KEY")
+    if mark.startswith("s3://"):
+        from tosguard.components import storage
+
+        try:
+            _, key = storage._split_s3(mark)
+        except ValueError:
+            key = ""
+        if key.strip("/"):
+            return
+    raise ValueError(f"the mark {mark!r} is not a local path, file:// URI or s3://BUCKET/KEY")
 
 
 def _read_mark(mark: str) -> tuple[dict | None, str]:
@@ -383,11 +391,12 @@ def pending_mark(mark: str) -> str:
     return mark + ".pending"
 
 
-def acknowledge(mark: str, run: str = "") -> str:
+def acknowledge(mark: str, run: str = "") -> tuple[str, str]:
     """The retrain that the held verdict of pipeline run `run` asked for is done: its read goes
     into the mark, so the next check of that server process judges only what came after it.
-    Returns what was done. A held read of another run (two watches overlapping) is left
-    alone: that run acknowledges it, or its traffic is judged again."""
+    Returns (outcome, message), outcome one of "moved", "none" (nothing held) or "other_run".
+    A held read of another run (two watches overlapping) is left alone: that run
+    acknowledges it, or its traffic is judged again."""
     from tosguard.components import storage
 
     pending = pending_mark(mark)
@@ -396,14 +405,15 @@ def acknowledge(mark: str, run: str = "") -> str:
     except ValueError:
         held = None
     if held is None or not _valid_read(held.get("read")):
-        return f"no retrain was waiting on {storage.redact(mark)}"
+        return "none", f"no retrain was waiting on {storage.redact(mark)}"
     if run and held.get("run") and held["run"] != run:
-        return f"the retrain waiting on {storage.redact(mark)} is run {held['run']}'s, not {run}'s: left to it"
+        return "other_run", (f"the retrain waiting on {storage.redact(mark)} is run {held['run']}'s, not {run}'s: "
+                             "left to it")
     _record(mark, held.get("url", ""), held["read"])
     # Delete only the held read we moved; a newer one written meanwhile is, at worst, deleted
     # too, and then its traffic is judged again by the next check (never skipped).
     storage.delete(pending)
-    return f"the mark moved past the traffic that asked for this retrain ({storage.redact(mark)})"
+    return "moved", f"the mark moved past the traffic that asked for this retrain ({storage.redact(mark)})"
 
 
 def check(url: str, model: str, window: float = 0.0, token: str | None = None, since: str | None = None,
@@ -566,8 +576,8 @@ def acknowledge_step(url: str, window: float, since_last_check: bool, store: str
     if not since_last_check or window > 0:
         message = "no mark: this watch judges everything since the server started, or a window"
     else:
-        message = acknowledge(store_mark(url, store), run)
-        if message.startswith("no retrain was waiting"):
+        outcome, message = acknowledge(store_mark(url, store), run)
+        if outcome == "none":
             message += (" (this run's check could not hold its read, or a later check dropped it): the next check "
                         "judges that traffic again")
     print(message, flush=True)
