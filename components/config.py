@@ -116,8 +116,12 @@ def check_run_settings(trainer: str = "pod", deploy_target: str = "kserve", gpus
         raise ValueError("invalid pipeline parameters: " + "; ".join(problems))
 
 
-def check_drift_settings(psi_threshold: float, ks_threshold: float, min_clauses: int, window: float = 0.0) -> None:
-    """The drift watch's thresholds and window, or one ValueError naming each bad one."""
+MAX_METRIC_READS = 64  # reads of /metrics per drift check (each reaches one replica behind a Service)
+
+
+def check_drift_settings(psi_threshold: float, ks_threshold: float, min_clauses: int, window: float = 0.0,
+                         reads: int = 1) -> None:
+    """The drift watch's thresholds, window and reads, or one ValueError naming each bad one."""
     problems = []
     if not (math.isfinite(psi_threshold) and psi_threshold > 0):
         problems.append(f"PSI threshold must be > 0 (got {psi_threshold})")
@@ -128,6 +132,9 @@ def check_drift_settings(psi_threshold: float, ks_threshold: float, min_clauses:
     if not (math.isfinite(window) and window >= 0):
         problems.append(f"the window must be a finite number of seconds >= 0, 0 for since the server started "
                         f"(got {window})")
+    if not (isinstance(reads, (int, float)) and not isinstance(reads, bool) and math.isfinite(reads)
+            and reads == int(reads) and 1 <= reads <= MAX_METRIC_READS):
+        problems.append(f"reads of /metrics must be a whole number from 1 to {MAX_METRIC_READS} (got {reads!r})")
     if problems:
         raise ValueError("drift settings out of range: " + "; ".join(problems))
 

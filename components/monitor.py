@@ -20,6 +20,8 @@ The server names itself in `tosguard_server_info` (a random id per process, the 
 model's fingerprint, its profile): a window whose two reads reach different processes (a
 restart, or a Service balancing over replicas) is refused even when every counter grew,
 and a server whose model is not the reference's model is refused rather than compared.
+Behind a Service each read reaches one replica; `reads` > 1 reads /metrics that many times
+and pools the traffic of every process reached (replicas of one model, one profile).
 
 Retraining is recommended when at least `min_clauses` clauses were scored and some
 category's PSI reaches `psi_threshold` (default 0.25) or its KS reaches `ks_threshold`.
@@ -151,6 +153,53 @@ def subtract(later: dict, earlier: dict) -> dict:
     if fell:
         raise ValueError("the server's counters went down between the two reads: it restarted, or the URL balances "
                          "over several replicas (watch one pod's address); read again")
+    return out
+
+
+def read_processes(url: str, token: str | None, reads: int) -> dict[str, dict]:
+    """Read URL/metrics `reads` times: {server process id: its latest read}. Behind a Service
+    each read reaches one replica, so several reads reach several (for k replicas picked at
+    random, a given one is missed with probability ((k-1)/k)**reads). A server that does not
+    name itself is keyed "" (its reads cannot be told apart from another such server's)."""
+    seen: dict[str, dict] = {}
+    for _ in range(reads):
+        read = read_live(fetch_metrics(url, token))
+        instance = (read.get("server") or {}).get("instance") or ""
+        if instance not in seen or seen[instance]["clauses"] <= read["clauses"]:
+            seen[instance] = read
+    return seen
+
+
+def pool(parts: list[dict]) -> dict:
+    """The traffic of several server processes added up (replicas behind one Service). They
+    must serve the same model with the same profile over the same score buckets: during a
+    rollout old and new replicas differ, and adding them would judge neither."""
+    if not parts:
+        raise ValueError("no server process was read")
+    server = {k: v for k, v in (parts[0].get("server") or {}).items() if k in ("model", "profile")}
+    out = {"clauses": 0.0, "categories": {}, "server": server}
+    for part in parts:
+        other = part.get("server") or {}
+        for key in ("model", "profile"):
+            if other.get(key) != server.get(key):
+                raise ValueError(f"the server processes behind this URL differ in {key} ({server.get(key)} and "
+                                 f"{other.get(key)}): a rollout in progress? check again when it is done, or read "
+                                 "one pod's address")
+        out["clauses"] += part["clauses"]
+        for name, category in part["categories"].items():
+            into = out["categories"].get(name)
+            if into is None:
+                out["categories"][name] = {"bounds": list(category["bounds"]), "counts": list(category["counts"]),
+                                           "positives": category["positives"]}
+            elif into["bounds"] != list(category["bounds"]):
+                raise ValueError(f"the server processes behind this URL use different score buckets for {name!r}")
+            else:
+                into["counts"] = [a + b for a, b in zip(into["counts"], category["counts"])]
+                into["positives"] += category["positives"]
+    if len(parts) > 1 and len({tuple(sorted(p["categories"])) for p in parts}) > 1:
+        raise ValueError("the server processes behind this URL score different categories")
+    if len(parts) == 1 and parts[0].get("server"):
+        out["server"] = dict(parts[0]["server"])
     return out
 
 
@@ -369,19 +418,19 @@ def _read_mark(mark: str) -> tuple[dict | None, str]:
         return None, f"the mark {shown} could not be read ({exc}); it is rewritten"
 
 
-def _record(mark: str, url: str, read: dict) -> None:
-    """Put this read into the mark under its server process, keeping the most recent
-    MARK_READS_KEPT processes (a Service's replicas are read one at a time). A process's read
-    never goes back: if the mark already holds a later read of it (another check got there
-    first), that one stays, so no traffic is judged twice."""
+def _record(mark: str, url: str, now: dict[str, dict]) -> None:
+    """Put these reads ({server process: read}) into the mark, keeping the most recent
+    MARK_READS_KEPT processes (replicas come and go). A process's read never goes back: if
+    the mark already holds a later read of it (another check got there first, so the mark
+    is read again here rather than reused), that one stays, so no traffic is judged twice."""
     from tosguard.components import storage
 
     reads, _ = _read_mark(mark)
     reads = dict(reads or {})
-    instance = (read.get("server") or {}).get("instance") or ""
-    held = reads.get(instance)
-    if held is None or held["read"]["clauses"] <= read["clauses"]:
-        reads[instance] = {"time": _now(), "read": read}
+    for instance, read in now.items():
+        held = reads.get(instance)
+        if held is None or held["read"]["clauses"] <= read["clauses"]:
+            reads[instance] = {"time": _now(), "read": read}
     kept = dict(sorted(reads.items(), key=lambda item: item[1]["time"], reverse=True)[:MARK_READS_KEPT])
     storage.write_text(mark, json.dumps({"url": storage.redact(url), "time": _now(), "reads": kept}))
 
@@ -389,6 +438,20 @@ def _record(mark: str, url: str, read: dict) -> None:
 def pending_mark(mark: str) -> str:
     """Where a held retrain verdict's read waits until the retrain is done (hold_retrain)."""
     return mark + ".pending"
+
+
+def _held_reads(held) -> dict[str, dict]:
+    """The reads a held retrain verdict kept ({server process: read}), or {} when `held` is
+    not one (a single "read" is the format of the first version of this watch)."""
+    if not isinstance(held, dict):
+        return {}
+    reads = held.get("reads")
+    if reads is None and _valid_read(held.get("read")):
+        reads = {(held["read"].get("server") or {}).get("instance") or "": held["read"]}
+    if not (isinstance(reads, dict) and reads and all(isinstance(k, str) and _valid_read(v)
+                                                      for k, v in reads.items())):
+        return {}
+    return reads
 
 
 def acknowledge(mark: str, run: str = "") -> tuple[str, str]:
@@ -404,12 +467,13 @@ def acknowledge(mark: str, run: str = "") -> tuple[str, str]:
         held = _read_json(pending)
     except ValueError:
         held = None
-    if held is None or not _valid_read(held.get("read")):
+    waiting = _held_reads(held)
+    if not waiting:
         return "none", f"no retrain was waiting on {storage.redact(mark)}"
     if run and held.get("run") and held["run"] != run:
         return "other_run", (f"the retrain waiting on {storage.redact(mark)} is run {held['run']}'s, not {run}'s: "
                              "left to it")
-    _record(mark, held.get("url", ""), held["read"])
+    _record(mark, held.get("url", ""), waiting)
     # Delete only the held read we moved; a newer one written meanwhile is, at worst, deleted
     # too, and then its traffic is judged again by the next check (never skipped).
     storage.delete(pending)
@@ -417,9 +481,13 @@ def acknowledge(mark: str, run: str = "") -> tuple[str, str]:
 
 
 def check(url: str, model: str, window: float = 0.0, token: str | None = None, since: str | None = None,
-          hold_retrain: bool = False, run: str = "", **thresholds) -> dict:
+          hold_retrain: bool = False, run: str = "", reads: int = 1, **thresholds) -> dict:
     """Read the endpoint's metrics (twice, `window` seconds apart, when window > 0) and
     compare them with the model's reference.
+
+    reads: how many times each read of /metrics is made; the traffic of every server process
+    reached (the replicas behind a Service) is pooled and judged as one. A window counts the
+    processes read at both its ends.
 
     since: a mark (a file or store URI) for checks run one after another, as a schedule
     does: judge only what the server process scored since the last check of that process
@@ -436,40 +504,63 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
     from tosguard.components import storage
 
     check_drift_settings(thresholds.get("psi_threshold", PSI_THRESHOLD), thresholds.get("ks_threshold", KS_THRESHOLD),
-                         thresholds.get("min_clauses", MIN_CLAUSES), window)  # before any wait
+                         thresholds.get("min_clauses", MIN_CLAUSES), window, reads)  # before any wait
+    reads = int(reads)
     if window > 0 and since is not None:
         raise ValueError("judge either a window or the traffic since the last check, not both")
     if since is not None:
         check_mark_location(since)
     reference = load_reference(model)
-    live = now = read_live(fetch_metrics(url, token))
+    now = read_processes(url, token, reads)
     notes = []
     if window > 0:
         _wait(window)
-        live = subtract(read_live(fetch_metrics(url, token)), live)
+        first, now = now, read_processes(url, token, reads)
+        both = [instance for instance in now if instance in first]
+        if not both:
+            raise ValueError(f"the two reads of the metrics came from different server processes "
+                             f"({', '.join(first) or None} then {', '.join(now) or None}): it restarted, or the URL "
+                             "balances over several replicas (watch one pod's address, or read more times); read again")
+        parts = [subtract(now[instance], first[instance]) for instance in both]
+        if len(both) < len(now):
+            notes.append(f"{len(now) - len(both)} server process(es) not read at the window's start (started during "
+                         "it, or not reached then): their traffic is left out")
     elif since:
-        reads, why = _read_mark(since)
-        instance = (now.get("server") or {}).get("instance")
-        previous = (reads or {}).get(instance) if instance else None
-        if reads is None:
-            notes.append(why + ": judged on everything since the server started")
-        elif previous is None:
-            notes.append("the mark has no read of this server process (it restarted, serves another model, or is "
-                         "a replica not read before): judged on everything since it started")
-        else:
+        marked, why = _read_mark(since)
+        parts, unseen = [], 0
+        for instance, read in now.items():
+            previous = (marked or {}).get(instance) if instance else None
+            if previous is None:
+                unseen += marked is not None
+                parts.append(read)
+                continue
             try:
-                live = subtract(now, previous["read"])
+                parts.append(subtract(read, previous["read"]))
             except ValueError:  # the same process cannot count backwards: the mark was edited by hand
                 notes.append("the mark's counts exceed the server's: judged on everything since it started")
-    result = compare(reference, live, **thresholds)
+                parts.append(read)
+        if marked is None:
+            notes.append(why + ": judged on everything since the server started")
+        elif unseen:
+            notes.append("the mark has no read of this server process (it restarted, serves another model, or is "
+                         "a replica not read before): judged on everything since it started" if len(now) == 1 else
+                         f"the mark has no read of {unseen} of these server processes (restarted, new, or replicas "
+                         "not read before): each judged on everything since it started")
+    else:
+        parts = list(now.values())
+    if reads > 1:
+        notes.append(f"{len(parts)} server process(es) reached in {reads} reads of /metrics"
+                     + (": their traffic judged together" if len(parts) > 1 else ""))
+    result = compare(reference, pool(parts), **thresholds)
     result["notes"] = notes + result["notes"]
+    result["server_instances"] = sorted(now) if not window > 0 else sorted(both)
     if since:
         _move_mark(since, url, now, run, result, held=result["enough_traffic"] and result["retrain"] and hold_retrain)
     return {"url": url, "model": model, "window_seconds": window or None,
             "since": storage.redact(since) if since else None, **result}
 
 
-def _move_mark(since: str, url: str, now: dict, run: str, result: dict, held: bool) -> None:
+def _move_mark(since: str, url: str, now: dict[str, dict], run: str, result: dict, held: bool) -> None:
     """After a verdict: hold this read (a retrain to come), record it, or leave the mark alone
     (too little traffic). A mark that cannot be written leaves a retrain verdict standing (the
     retrain matters more; the next check judges this traffic again) but fails any other
@@ -488,7 +579,7 @@ def _move_mark(since: str, url: str, now: dict, run: str, result: dict, held: bo
     try:
         if held:
             storage.write_text(pending_mark(since), json.dumps({"run": run, "url": storage.redact(url),
-                                                                "time": _now(), "read": now}))
+                                                                "time": _now(), "reads": now}))
         else:
             _record(since, url, now)
     except Exception as exc:
@@ -535,12 +626,13 @@ def table(result: dict) -> str:
 
 
 def run_step(url: str, model: str, window: float, psi_threshold: float, ks_threshold: float, min_clauses: int,
-             drift_metrics, report_path: str, since_last_check: bool = False, store: str = "", run: str = ""):
+             drift_metrics, report_path: str, since_last_check: bool = False, store: str = "", run: str = "",
+             reads: int = 1):
     """The pipeline's drift check. model: the served model's folder or store URI; empty: the
     registry's champion (the model the gate promoted and deploy serves). since_last_check
     (with window 0): judge what was scored since the last judged check of this URL, its
     mark kept in the store (store_mark); a retrain verdict is held for run `run` until its
-    acknowledge step."""
+    acknowledge step. reads: reads of /metrics, pooling the replicas they reach."""
     import os
 
     from tosguard.components import storage
@@ -553,7 +645,7 @@ def run_step(url: str, model: str, window: float, psi_threshold: float, ks_thres
             raise RuntimeError("no champion model in the registry to compare with; pass `model`")
         model = best["source"]
     since = store_mark(url, store) if since_last_check and not window > 0 else None
-    result = check(url, model, window=window, token=token(), since=since, hold_retrain=True, run=run,
+    result = check(url, model, window=window, token=token(), since=since, hold_retrain=True, run=run, reads=reads,
                    psi_threshold=psi_threshold, ks_threshold=ks_threshold, min_clauses=min_clauses)
     if since and not storage.is_s3(since) and os.environ.get("KUBERNETES_SERVICE_HOST"):
         result["notes"].append(f"the mark is kept in this pod's own folder ({since}) and goes with the pod, so every "

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from tosguard.components.config import (GATE_TOLERANCE, KS_THRESHOLD, METHODS, MIN_CLAUSES, NAME, PRESET_GATE_FLOORS,
-                                       PRESETS, PROFILES, PSI_THRESHOLD, TrainConfig)
+from tosguard.components.config import (GATE_TOLERANCE, KS_THRESHOLD, MAX_METRIC_READS, METHODS, MIN_CLAUSES, NAME,
+                                       PRESET_GATE_FLOORS, PRESETS, PROFILES, PSI_THRESHOLD, TrainConfig)
 from tosguard.components.labels import CATEGORIES
 
 CATEGORIES_INDEX = {name: i for i, name in enumerate(CATEGORIES)}
@@ -477,7 +477,7 @@ def _cmd_monitor(args) -> int:
                              "only the local server started by `tosguard serve` is known without it")
         model = state["model_dir"]
     result = monitor.check(args.url, model, window=args.window, token=monitor.token(), since=args.since_last,
-                           psi_threshold=args.psi, ks_threshold=args.ks, min_clauses=args.min_clauses)
+                           reads=args.reads, psi_threshold=args.psi, ks_threshold=args.ks, min_clauses=args.min_clauses)
     print(json.dumps(result, indent=2) if args.json else monitor.table(result))
     return 3 if result["retrain"] else 0
 
@@ -728,6 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     judged.add_argument("--since-last", metavar="FILE|URI",
                         help="for checks run one after another (cron): judge only what was scored since the last "
                              "check that reached a verdict with this mark, then record this one in it")
+    mon.add_argument("--reads", type=_bounded(int, 1, MAX_METRIC_READS), default=1, metavar="N",
+                     help="read /metrics N times and judge the traffic of every server process reached together "
+                          "(a URL that balances over replicas reaches one per read; default 1: one process)")
     mon.add_argument("--psi", type=_bounded(float, 0.0, low_open=True), default=PSI_THRESHOLD,
                      help=f"PSI at which a category has drifted (default {PSI_THRESHOLD})")
     mon.add_argument("--ks", type=_bounded(float, 0.0, 1.0, low_open=True), default=KS_THRESHOLD,

@@ -232,6 +232,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         model: str = "",  # the served model's store URI; empty: the registry's champion
         window_s: float = 0.0,  # > 0: only what the server scores during this many seconds
         since_last_check: bool = True,  # with window_s 0: only what was scored since the last judged check
+        metric_reads: int = 12,  # reads of /metrics per check: the replicas they reach are judged together
         psi_threshold: float = PSI_THRESHOLD,
         ks_threshold: float = KS_THRESHOLD,
         min_clauses: int = MIN_CLAUSES,
@@ -262,7 +263,7 @@ def make_drift_pipeline(pool: GpuPool = GpuPool(), cluster: ClusterSettings = Cl
         check = steps.check_drift(url=url, model=model, window_s=window_s, psi_threshold=psi_threshold,
                                   ks_threshold=ks_threshold, min_clauses=min_clauses,
                                   since_last_check=since_last_check, store=store,
-                                  run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                  run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, metric_reads=metric_reads)
         check.set_display_name("Check the endpoint for drift")
         _on_cluster(check, cluster, "500m", "1Gi", network_retries=2)
         check.set_caching_options(False)  # the traffic changes between runs with the same inputs

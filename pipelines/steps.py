@@ -126,17 +126,18 @@ def deploy_kserve(model_uri: str, model_version: str, mlflow_run_id: str, servic
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def check_drift(url: str, model: str, window_s: float, psi_threshold: float, ks_threshold: float, min_clauses: int,
-                since_last_check: bool, store: str, run_id: str, drift: Output[Metrics],
+                since_last_check: bool, store: str, run_id: str, metric_reads: int, drift: Output[Metrics],
                 report: Output[Markdown]) -> bool:
     """Read the endpoint's metrics, compare per-category scores with the served model's test
     reference (PSI, KS); returns True (retrain) when drift crosses the thresholds. With
     since_last_check (and window_s 0) only the traffic since the last judged check counts,
-    its mark kept in the store. One plain output: kfp.local resolves a root-level condition
+    its mark kept in the store. metric_reads: reads of /metrics, the replicas they reach
+    judged together. One plain output: kfp.local resolves a root-level condition
     on `Output` but not on a named output."""
     from tosguard.components.monitor import run_step
 
     return run_step(url, model, window_s, psi_threshold, ks_threshold, min_clauses, drift, report.path,
-                    since_last_check=since_last_check, store=store, run=run_id)
+                    since_last_check=since_last_check, store=store, run=run_id, reads=metric_reads)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

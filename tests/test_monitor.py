@@ -257,6 +257,117 @@ def test_scheduled_checks_with_a_mark_judge_only_the_traffic_since_the_last_verd
     assert "s3://BUCKET/KEY" in capsys.readouterr().err
 
 
+@contextlib.contextmanager
+def _round_robin(*backends):
+    """A Service balancing over replicas, on 127.0.0.1: each GET goes to the next backend in turn."""
+    import http.server
+    import itertools
+    import threading
+
+    turn, lock = itertools.cycle(backends), threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            with lock:
+                backend = next(turn)
+            answer = requests.get(backend + self.path, timeout=30)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("Content-Type", "text/plain"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_several_reads_judge_the_replicas_behind_one_url_together(server, spread_model, data_slice_dir, tmp_path,
+                                                                   capsys):
+    """Behind a Service each read of /metrics reaches one replica. With reads > 1 the check
+    pools every process it reaches: a drifted hour spread over two replicas is one verdict
+    and, acknowledged, one retrain (with one read per run it was one retrain per replica); a
+    window counts the processes read at both ends, and one read per end that reaches two
+    different processes is still refused."""
+    url, model = server["url"], str(spread_model)
+    familiar = _test_clauses(data_slice_dir)
+    mark = str(tmp_path / "mark.json")
+    with _second_server(model) as other, _round_robin(url, other) as service:
+        _send(url, familiar)
+        _send(other, familiar)
+        one = monitor.check(service, model, min_clauses=1)
+        assert one["clauses"] == len(familiar) and len(one["server_instances"]) == 1
+        both = monitor.check(service, model, reads=4, min_clauses=1)
+        assert both["clauses"] == 2 * len(familiar) and len(both["server_instances"]) == 2
+        assert not both["retrain"] and any("2 server process(es) reached in 4 reads" in n for n in both["notes"])
+        assert both["server_instance"] is None and both["server_model"] == one["server_model"]
+        assert main(["monitor", "--url", service, "--model", model, "--reads", "4", "--min-clauses", "1",
+                     "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["server_instances"]) == 2
+        with pytest.raises(SystemExit):
+            main(["monitor", "--url", service, "--model", model, "--reads", "65"])
+        assert "outside [1, 64]" in capsys.readouterr().err
+
+        first = monitor.check(service, model, since=mark, reads=4, min_clauses=100)
+        assert first["clauses"] == 2 * len(familiar) and not first["retrain"]
+        assert len(json.loads(Path(mark).read_text())["reads"]) == 2
+
+        # A drifted hour split over the two replicas: one verdict over both shares, held for run r1.
+        salad = _word_salad(3 * len(familiar), seed=5)
+        _send(url, salad[::2])
+        _send(other, salad[1::2])
+        drifted = monitor.check(service, model, since=mark, reads=4, min_clauses=100, hold_retrain=True, run="r1")
+        assert drifted["retrain"] and drifted["clauses"] == len(salad), drifted["reason"]
+        held = json.loads(Path(monitor.pending_mark(mark)).read_text())
+        assert held["run"] == "r1" and len(held["reads"]) == 2
+        assert monitor.acknowledge(mark, "r1")[0] == "moved"
+        after = monitor.check(service, model, since=mark, reads=4, min_clauses=100)
+        assert after["clauses"] == 0 and not after["retrain"] and not after["enough_traffic"]
+        # One read per run: the other replica's share is judged on a later run, as before.
+        _send(other, familiar)
+        assert monitor.check(service, model, since=mark, min_clauses=1)["clauses"] in (0, len(familiar))
+
+        # A window: reads at both ends pool both processes; one read per end reaches two
+        # different processes (the proxy alternates) and is refused.
+        def traffic(seconds):
+            _send(url, familiar[:40])
+            _send(other, familiar[:40])
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(monitor, "_wait", traffic)
+            window = monitor.check(service, model, window=1.0, reads=4, min_clauses=1)
+            assert window["clauses"] == 80 and len(window["server_instances"]) == 2
+            with pytest.raises(ValueError, match="different server processes"):
+                monitor.check(service, model, window=1.0, min_clauses=1)
+    with pytest.raises(ValueError, match="reads of /metrics"):
+        monitor.check(url, model, reads=0)
+
+
+def test_pooling_adds_replicas_of_one_model_and_refuses_a_rollout_in_between():
+    a, b = _metrics("aaa", "m1", "default", 100.0, 90.0), _metrics("bbb", "m1", "default", 50.0, 20.0)
+    pooled = monitor.pool([a, b])
+    assert pooled["clauses"] == 150 and pooled["categories"]["A"]["counts"] == [110.0, 40.0]
+    assert pooled["categories"]["A"]["positives"] == 10 + 30 and pooled["server"] == {"model": "m1",
+                                                                                       "profile": "default"}
+    assert monitor.pool([a])["server"]["instance"] == "aaa"
+    with pytest.raises(ValueError, match="differ in model"):
+        monitor.pool([a, _metrics("ccc", "m2", "default", 10.0, 5.0)])
+    with pytest.raises(ValueError, match="differ in profile"):
+        monitor.pool([a, _metrics("ccc", "m1", "triage", 10.0, 5.0)])
+    # A held retrain from the first version of the watch (one "read") is still acknowledged.
+    assert monitor._held_reads({"run": "r", "read": a}) == {"aaa": a}
+    assert monitor._held_reads({"run": "r", "reads": {"aaa": a, "bbb": b}}) == {"aaa": a, "bbb": b}
+    assert monitor._held_reads({"reads": {"aaa": {"clauses": 1}}}) == {} == monitor._held_reads([a])
+
+
 def test_the_watch_holds_a_retrain_verdict_until_its_retrain_is_done(server, spread_model, data_slice_dir,
                                                                      tmp_path):
     """The pipeline's check holds a retrain verdict for its run: if the retrain fails, the

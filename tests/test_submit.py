@@ -151,7 +151,9 @@ def test_submit_time_checks_cover_deploy_and_drift_settings_and_a_named_preset_s
                                 (["ready_timeout_s=-5"], False, "ready_timeout_s must be >= 1"),
                                 (["psi_threshold=0"], True, "PSI threshold must be > 0"),
                                 (["window_s=-5"], True, "window must be a finite number of seconds"),
-                                (["min_clauses=0"], True, "min_clauses must be >= 1")):
+                                (["min_clauses=0"], True, "min_clauses must be >= 1"),
+                                (["metric_reads=0"], True, "reads of /metrics must be a whole number"),
+                                (["metric_reads=65"], True, "reads of /metrics must be a whole number")):
         with pytest.raises(ValueError, match=message):
             parse_params(bad, drift_watch=drift)
     # A named preset always sends its floor: a --pipeline FILE compiled for quick has 0 as its default.
@@ -203,6 +205,9 @@ def test_a_scheduled_drift_watch_checks_uncached_and_retrains_only_inside_its_co
     assert root["check-drift"]["inputs"]["parameters"]["since_last_check"]["componentInputParameter"] == \
         "since_last_check"
     assert spec["root"]["inputDefinitions"]["parameters"]["since_last_check"]["defaultValue"] is True
+    # Each check reads /metrics 12 times by default, so the replicas behind the Service are judged together.
+    assert root["check-drift"]["inputs"]["parameters"]["metric_reads"]["componentInputParameter"] == "metric_reads"
+    assert spec["root"]["inputDefinitions"]["parameters"]["metric_reads"]["defaultValue"] == 12
     # The hold and its acknowledgement name the same run: this KFP run's own id.
     for task in (root["check-drift"], acknowledge):
         assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
