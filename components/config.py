@@ -132,8 +132,8 @@ def check_drift_settings(psi_threshold: float, ks_threshold: float, min_clauses:
     if not (math.isfinite(window) and window >= 0):
         problems.append(f"the window must be a finite number of seconds >= 0, 0 for since the server started "
                         f"(got {window})")
-    if not (isinstance(reads, (int, float)) and not isinstance(reads, bool) and math.isfinite(reads)
-            and reads == int(reads) and 1 <= reads <= MAX_METRIC_READS):
+    if not (isinstance(reads, (int, float)) and not isinstance(reads, bool) and 1 <= reads <= MAX_METRIC_READS
+            and reads == int(reads)):  # the range first: a huge int would overflow a float check
         problems.append(f"reads of /metrics must be a whole number from 1 to {MAX_METRIC_READS} (got {reads!r})")
     if problems:
         raise ValueError("drift settings out of range: " + "; ".join(problems))

@@ -18,7 +18,8 @@ mark: what a schedule wants), rebuilds the live histogram per category, and comp
 
 The server names itself in `tosguard_server_info` (a random id per process, the served
 model's fingerprint, its profile): a window whose two reads reach different processes (a
-restart, or a Service balancing over replicas) is refused even when every counter grew,
+restart, or a Service balancing over replicas; with several reads, no process read at both
+ends) is refused even when every counter grew,
 and a server whose model is not the reference's model is refused rather than compared.
 Behind a Service each read reaches one replica; `reads` > 1 reads /metrics that many times
 and pools the traffic of every process reached (replicas of one model, one profile).
@@ -156,17 +157,31 @@ def subtract(later: dict, earlier: dict) -> dict:
     return out
 
 
-def read_processes(url: str, token: str | None, reads: int) -> dict[str, dict]:
+def read_processes(url: str, token: str | None, reads: int, notes: list[str] | None = None) -> dict[str, dict]:
     """Read URL/metrics `reads` times: {server process id: its latest read}. Behind a Service
     each read reaches one replica, so several reads reach several (for k replicas picked at
-    random, a given one is missed with probability ((k-1)/k)**reads). A server that does not
-    name itself is keyed "" (its reads cannot be told apart from another such server's)."""
+    random, a given one is missed with probability ((k-1)/k)**reads). A read that cannot
+    reach the server (a replica starting or stopping) is noted and skipped while another
+    read succeeds. A server that does not name its process (older than this monitor) is
+    keyed "", and read only once: its reads could not be told apart from another's."""
     seen: dict[str, dict] = {}
+    failed: list[ConnectionError] = []
     for _ in range(reads):
-        read = read_live(fetch_metrics(url, token))
+        try:
+            read = read_live(fetch_metrics(url, token))
+        except ConnectionError as exc:
+            failed.append(exc)
+            continue
         instance = (read.get("server") or {}).get("instance") or ""
+        if not instance and reads > 1:
+            raise ValueError("the server does not name its process (older than this monitor), so several reads "
+                             "of it cannot be told apart: read it once (reads 1)")
         if instance not in seen or seen[instance]["clauses"] <= read["clauses"]:
             seen[instance] = read
+    if not seen:
+        raise failed[-1]
+    if failed and notes is not None:
+        notes.append(f"{len(failed)} of {reads} reads of /metrics failed (the last: {failed[-1]})")
     return seen
 
 
@@ -511,11 +526,11 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
     if since is not None:
         check_mark_location(since)
     reference = load_reference(model)
-    now = read_processes(url, token, reads)
-    notes = []
+    notes: list[str] = []
+    now = read_processes(url, token, reads, notes)
     if window > 0:
         _wait(window)
-        first, now = now, read_processes(url, token, reads)
+        first, now = now, read_processes(url, token, reads, notes)
         both = [instance for instance in now if instance in first]
         if not both:
             raise ValueError(f"the two reads of the metrics came from different server processes "
@@ -525,19 +540,26 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
         if len(both) < len(now):
             notes.append(f"{len(now) - len(both)} server process(es) not read at the window's start (started during "
                          "it, or not reached then): their traffic is left out")
+        if len(both) < len(first):
+            notes.append(f"{len(first) - len(both)} server process(es) read at the window's start but not at its end "
+                         "(stopped, or not reached then): their traffic is left out")
     elif since:
         marked, why = _read_mark(since)
         parts, unseen = [], 0
         for instance, read in now.items():
             previous = (marked or {}).get(instance) if instance else None
             if previous is None:
-                unseen += marked is not None
+                if not instance:
+                    notes.append("the server does not name its process (older than this monitor): judged on "
+                                 "everything since it started")
+                unseen += marked is not None and bool(instance)
                 parts.append(read)
                 continue
             try:
                 parts.append(subtract(read, previous["read"]))
             except ValueError:  # the same process cannot count backwards: the mark was edited by hand
-                notes.append("the mark's counts exceed the server's: judged on everything since it started")
+                notes.append(f"the mark's counts exceed server process {instance}'s: judged on everything since it "
+                             "started")
                 parts.append(read)
         if marked is None:
             notes.append(why + ": judged on everything since the server started")
@@ -549,8 +571,8 @@ def check(url: str, model: str, window: float = 0.0, token: str | None = None, s
     else:
         parts = list(now.values())
     if reads > 1:
-        notes.append(f"{len(parts)} server process(es) reached in {reads} reads of /metrics"
-                     + (": their traffic judged together" if len(parts) > 1 else ""))
+        notes.append(f"{len(now)} server process(es) reached in {reads} reads of /metrics"
+                     + (f", {len(parts)} judged together" if len(parts) > 1 else f", {len(parts)} judged"))
     result = compare(reference, pool(parts), **thresholds)
     result["notes"] = notes + result["notes"]
     result["server_instances"] = sorted(now) if not window > 0 else sorted(both)
@@ -578,8 +600,10 @@ def _move_mark(since: str, url: str, now: dict[str, dict], run: str, result: dic
         return
     try:
         if held:
-            storage.write_text(pending_mark(since), json.dumps({"run": run, "url": storage.redact(url),
-                                                                "time": _now(), "reads": now}))
+            held_read = {"run": run, "url": storage.redact(url), "time": _now(), "reads": now}
+            if len(now) == 1:  # also as the first version of this watch wrote it (an older acknowledge step)
+                held_read["read"] = next(iter(now.values()))
+            storage.write_text(pending_mark(since), json.dumps(held_read))
         else:
             _record(since, url, now)
     except Exception as exc:

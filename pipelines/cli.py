@@ -786,7 +786,11 @@ def _bounded(kind, low: float, high: float = float("inf"), low_open: bool = Fals
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite or value < low or (low_open and value == low) or value > high:
             where = f"{'(' if low_open else '['}{low:g}, {high:g}]"
             raise argparse.ArgumentTypeError(f"{text} is outside {where}")
         return value

@@ -64,7 +64,7 @@ def parse_params(pairs: list[str] | None, preset: str | None = None, drift_watch
     if drift_watch:
         check_drift_settings(*(params.get(k, inputs[k].default) for k in ("psi_threshold", "ks_threshold",
                                                                            "min_clauses", "window_s")),
-                             params.get("metric_reads", inputs["metric_reads"].default) if "metric_reads" in inputs else 1)
+                             params.get("metric_reads", inputs["metric_reads"].default))
     named = train.pop("preset", preset)
     if train or named:
         params["train"] = TrainConfig.from_dict({"preset": named or "default", **train}).to_dict()
