@@ -191,7 +191,11 @@ def pool(parts: list[dict]) -> dict:
     rollout old and new replicas differ, and adding them would judge neither."""
     if not parts:
         raise ValueError("no server process was read")
-    server = {k: v for k, v in (parts[0].get("server") or {}).items() if k in ("model", "profile")}
+    if len({tuple(sorted(part["categories"])) for part in parts}) > 1:
+        raise ValueError("the server processes behind this URL score different categories")
+    first = parts[0].get("server") or {}
+    # One process keeps its name; several are named by what they share.
+    server = dict(first) if len(parts) == 1 else {k: v for k, v in first.items() if k in ("model", "profile")}
     out = {"clauses": 0.0, "categories": {}, "server": server}
     for part in parts:
         other = part.get("server") or {}
@@ -211,10 +215,6 @@ def pool(parts: list[dict]) -> dict:
             else:
                 into["counts"] = [a + b for a, b in zip(into["counts"], category["counts"])]
                 into["positives"] += category["positives"]
-    if len(parts) > 1 and len({tuple(sorted(p["categories"])) for p in parts}) > 1:
-        raise ValueError("the server processes behind this URL score different categories")
-    if len(parts) == 1 and parts[0].get("server"):
-        out["server"] = dict(parts[0]["server"])
     return out
 
 
