@@ -355,7 +355,11 @@ PRESETS: dict[str, TrainConfig] = {
     # CPU with native bf16): a quiet training 1,399 s against 1,718 s in fp32; over seeds 42,
     # 1, 2, 3, 4 test 84.7 ± 1.4 against 84.5 ± 1.7 in fp32, validation out of fold 79.6
     # against 80.1 (BENCHMARKS.md, "bf16 autocast on the CPU").
-    "quality": TrainConfig(base_model=MPNET, epochs=3, learning_rate=1e-3, head_learning_rate=2e-3, cpu_bf16=True),
+    # 4 epochs instead of 3, by a rule written before the runs (BENCHMARKS.md, "Ten seeds of
+    # 3 against 4 epochs"): over seeds 42 and 1-9 the mean out-of-fold validation is 79.11
+    # against 79.10 (a tie in all but the rule), test 85.3 ± 0.7 against 84.5 ± 1.2; a quiet
+    # training takes about 33 minutes on 2 cores against 24.
+    "quality": TrainConfig(base_model=MPNET, epochs=4, learning_rate=1e-3, head_learning_rate=2e-3, cpu_bf16=True),
     # A small budget that still trains, evaluates on the full test split and serves.
     # At the default learning rates 64 steps leave the head at the prior (test macro-F1
     # 10.5, "no unfair clause"); at 1e-3 / 5e-3 they reached 43.9 (measured, the encoder alone, before the lexical blend).
