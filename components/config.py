@@ -33,8 +33,8 @@ MPNET = "sentence-transformers/all-mpnet-base-v2"
 METHODS = ("auto", "lora", "qlora", "full")
 
 # The shipped distillation teacher (components/teachers.py): all-mpnet-base-v2 trained with
-# the quality preset of 2026-11-27 (3 epochs, fp32), seed 42 (LexGLUE test macro-F1 82.4); the project ships its scores on
-# the bundled train split. Use: --param distill_weight=0.5 --param teacher=mpnet-quality-s42.
+# the quality preset of 2026-11-27 (3 epochs, fp32), seed 42 (LexGLUE test macro-F1 82.4);
+# the project ships its scores on the bundled train split. Use: --param distill_weight=0.5 --param teacher=mpnet-quality-s42.
 DEFAULT_TEACHER = "mpnet-quality-s42"
 
 # -- the gate before deploy (test macro-F1 points) -----------------------------------------

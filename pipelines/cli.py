@@ -567,10 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run download, tokenize, train, evaluate and deploy through kfp.local's "
                                      "SubprocessRunner on this machine, then print and save a summary.")
     run.add_argument("--preset", choices=list(PRESETS), default="default",
-                     help="default: all-MiniLM-L6-v2, full data, up to 4 epochs (~11 min on 2 cores); quick: a "
-                          "small budget that still trains, evaluates on the full test split and serves (~2 min); "
-                          "quality: all-mpnet-base-v2, 4 epochs (about 8 min an epoch on 2 cores with bf16, "
-                          "10 without)")
+                     help=f"default: all-MiniLM-L6-v2, full data, up to {PRESETS['default'].epochs} epochs (~11 min "
+                          "on 2 cores); quick: a small budget that still trains, evaluates on the full test split "
+                          f"and serves (~2 min); quality: all-mpnet-base-v2, {PRESETS['quality'].epochs} epochs "
+                          "(about 8 min an epoch on 2 cores with bf16, 10 without)")
     run.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     run.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps (0: no cap)")
     run.add_argument("--train-subset", type=int, help="train on this many rows of the train split (0: all)")
