@@ -8,7 +8,7 @@ out of fold when its lexical side was refit on validation). Ends with a line
 `RESULT {json}`.
 
     .venv/bin/python benchmarks/seed_spread.py --preset default --seeds 42 1 2 [--method lora]
-        [--lexical-weight 0] [--cpu-bf16 on|off] [--keep DIR]
+        [--lexical-weight 0] [--cpu-bf16 on|off] [--distill-weight 0.5 --teacher mpnet-quality-s42] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lexical-weight", type=float, help="the lexical blend's weight (0: the encoder alone)")
     parser.add_argument("--cpu-bf16", choices=("on", "off"),
                         help="train under bf16 autocast on a CPU with native bf16, or not (default: the preset's)")
+    parser.add_argument("--distill-weight", type=float,
+                        help="distillation: train on (1 - w) x gold + w x the teacher's scores (default: the preset's, 0)")
+    parser.add_argument("--teacher", help="the teacher whose train-split scores distillation uses (the project ships "
+                                          "mpnet-quality-s42 for the bundled data; teachers.py)")
     parser.add_argument("--keep", help="a folder to keep the trained models in (model-SEED), instead of a temporary one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")  # per-epoch lines
@@ -56,16 +60,22 @@ def main(argv=None) -> int:
         kept.mkdir(parents=True, exist_ok=True)
         base = preset(args.preset, method=args.method, base_model=args.base_model, epochs=args.epochs,
                       learning_rate=args.learning_rate, batch_size=args.batch_size, target_modules=args.target_modules,
-                      lexical_weight=args.lexical_weight,
+                      lexical_weight=args.lexical_weight, distill_weight=args.distill_weight, teacher=args.teacher,
                       cpu_bf16=None if args.cpu_bf16 is None else args.cpu_bf16 == "on").resolved(
                           cuda=torch.cuda.is_available())
-        download("bundled", f"{tmp}/raw")
+        manifest = download("bundled", f"{tmp}/raw")
+        teacher = None
+        if base.distill_weight:  # the shipped scores, copied into a throw-away store (teachers.ensure)
+            from tosguard.components import teachers
+
+            teacher = teachers.ensure(f"{tmp}/store", manifest["data_hash"], base.teacher,
+                                      manifest["rows"]["train"])
         tokenize(f"{tmp}/raw", base.base_model, base.max_length, f"{tmp}/tok")
         for seed in args.seeds:
             config = replace(base, seed=seed)
             started = time.time()
             model_dir = kept / f"model-{seed}"
-            summary = train(f"{tmp}/tok", config, str(model_dir))
+            summary = train(f"{tmp}/tok", config, str(model_dir), teacher=teacher)
             seconds = time.time() - started
             scores = evaluate(str(model_dir), f"{tmp}/tok")
             row = {

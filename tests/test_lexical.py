@@ -357,3 +357,24 @@ def test_lexglue_style_selection_ranks_refit_seeds_by_their_out_of_fold_score():
     assert max(rows, key=spread._selection_score)["seed"] == 2
     plain = [{"seed": 42, "val_macro_f1": 76.5}, {"seed": 2, "val_macro_f1": 76.1}]  # no refit side
     assert max(plain, key=spread._selection_score)["seed"] == 42
+
+
+def _seed_spread():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_spread.py"
+    spec = importlib.util.spec_from_file_location("seed_spread", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_spread_distillation_needs_a_teacher_and_names_a_missing_one(capsys):
+    """The distillation table's command (seed_spread --distill-weight --teacher) refuses a
+    weight without a teacher, and a teacher the project does not ship, before any training."""
+    spread = _seed_spread()
+    with pytest.raises(ValueError, match="distill_weight needs a teacher"):
+        spread.main(["--distill-weight", "0.5", "--seeds", "1"])
+    with pytest.raises(FileNotFoundError, match="no scores of teacher 'no-such-teacher'"):
+        spread.main(["--distill-weight", "0.5", "--teacher", "no-such-teacher", "--seeds", "1"])
