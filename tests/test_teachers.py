@@ -120,3 +120,21 @@ def test_names_and_hashes_cannot_leave_the_store(tmp_path):
         teachers.teach(str(tmp_path), str(tmp_path), "../x", "ok")
     with pytest.raises(ValueError, match="teacher names"):
         TrainConfig(distill_weight=0.5, teacher="../x").validate()
+
+
+def test_teacher_check_reads_the_shipped_teacher_and_refuses_an_unknown_name(capsys):
+    """benchmarks/teacher_check.py (the distillation section's command for the teacher's
+    agreement with gold) scores every bundled train row from the shipped, sha-checked copy."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_check.py"
+    spec = importlib.util.spec_from_file_location("teacher_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.main([]) == 0
+    result = json.loads(capsys.readouterr().out.split("RESULT ", 1)[1])
+    assert result["rows"] == 5532 and result["gold_positive_cells"] > 0
+    assert 0 < result["macro_f1"] <= 100 and 0 <= result["soft_share"] <= 1
+    with pytest.raises(SystemExit, match="no teacher named 'nobody'"):
+        check.main(["--name", "nobody"])
