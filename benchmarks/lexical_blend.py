@@ -7,7 +7,8 @@ at 0.5) over the models. Choose by the validation column. Ends with a line `RESU
 The variants use scikit-learn's own analyzers on the clauses as given; the shipped side
 (components/lexical.py) is the `words12` variant with clitics rejoined and each clause cut
 to the encoder's view, which moved the chosen row's means by 0.1 or less (validation
-76.3 -> 76.4, test 82.7 -> 82.7 over the 9 models of BENCHMARKS.md).
+76.3 -> 76.4, test 82.7 -> 82.7 over the 9 models of docs/lab-notes.md, figures of a
+scratch driver not kept).
 
     .venv/bin/python benchmarks/lexical_blend.py --models DIR [DIR ...] [--cache DIR]
         [--features words12,words13,words12+chars25] [--c 64,256,1024] [--weights 0.2,0.3,0.4]
