@@ -1,8 +1,9 @@
 """How the shipped distillation teacher's scores relate to the gold train labels.
 
-Reads a teacher's stored train-split scores (by default the copy the project ships,
-components/data/teachers/<data hash>.<name>.npy, checked against its record's sha256) and
-the bundled train split, then prints the teacher's agreement with the gold labels (LexGLUE
+Reads the bundled data and the teacher's train-split scores for its data hash the way a
+distilling training does (teachers.ensure: the copy the project ships,
+components/data/teachers/<data hash>.<name>.npy, checked against its record's sha256 and
+row count), then prints the teacher's agreement with the gold labels (LexGLUE
 8+1 micro/macro-F1, decision at 0.5) and how soft its scores are on the gold-positive
 cells (the share strictly between 0.05 and 0.95). Ends with a line `RESULT {json}`.
 
@@ -27,26 +28,27 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
+    import tempfile
+
+    from datasets import load_from_disk
+
     from tosguard.components import teachers
-    from tosguard.components.download import bundled_dir, parse_jsonl
+    from tosguard.components.download import download
     from tosguard.components.labels import multi_hot
     from tosguard.components.metrics import lexglue_scores, predict_from_probabilities
 
-    texts, labels = parse_jsonl(bundled_dir() / "train.jsonl")
-    gold = np.array([multi_hot(row) for row in labels], dtype=np.int64)
-    shipped = sorted(teachers.VENDORED.glob(f"*.{args.name}.json"))
-    if not shipped:
-        raise SystemExit(f"the project ships no teacher named {args.name!r} (in {teachers.VENDORED})")
-    record_path = shipped[0]
-    record = json.loads(record_path.read_text())
-    npy = record_path.with_suffix(".npy")
-    scores = teachers._read(npy.read_bytes(), record, str(npy))
-    if len(scores) != len(gold):
-        raise SystemExit(f"{npy} has {len(scores)} rows; the bundled train split has {len(gold)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = download("bundled", f"{tmp}/raw")
+        try:
+            uri = teachers.ensure(f"{tmp}/store", manifest["data_hash"], args.name, manifest["rows"]["train"])
+        except FileNotFoundError as exc:
+            raise SystemExit(f"the project ships no teacher named {args.name!r} for the bundled data: {exc}") from None
+        scores = teachers.read(uri)
+        gold = np.array([multi_hot(row) for row in load_from_disk(f"{tmp}/raw")["train"]["labels"]], dtype=np.int64)
     agreement = lexglue_scores(gold, predict_from_probabilities(scores, [0.5] * gold.shape[1]))
     positive = scores[gold == 1]
     soft = float(np.mean((positive > 0.05) & (positive < 0.95)))
-    result = {"teacher": args.name, "file": str(npy), "rows": int(len(gold)),
+    result = {"teacher": args.name, "data_hash": manifest["data_hash"], "rows": int(len(gold)),
               "micro_f1": round(agreement["micro_f1"], 2), "macro_f1": round(agreement["macro_f1"], 2),
               "gold_positive_cells": int(positive.size), "soft_share": round(soft, 4),
               "seconds": round(time.perf_counter() - started, 2)}

@@ -271,15 +271,11 @@ def test_the_trained_model_refits_its_lexical_side_and_calibrates_out_of_fold(tr
     assert not np.allclose(card["calibration"]["params"], leaky, atol=1e-2)
 
     # The calibration study rebuilds the same out-of-fold validation scores from the card.
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import load_benchmark
 
     assert {k: card["lexical"][k] for k in ("c", "folds", "fold_seed", "rows")} == {
         "c": 256.0, "folds": 5, "fold_seed": 42, "rows": {"train": len(train_seen), "validation": len(val_seen)}}
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_study.py"
-    spec = importlib.util.spec_from_file_location("calibration_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("calibration_study")
     rebuilt = study._raw_scores(str(trained_model_dir), list(data["validation"]["text"]),
                                 (list(data["train"]["text"]), train_gold, val_gold))
     np.testing.assert_allclose(rebuilt, lexical.blend(encoder, out_of_fold, 0.4), atol=1e-5)
@@ -345,13 +341,9 @@ def test_recalibrating_the_export_keeps_the_out_of_fold_marker(trained_model_dir
 def test_lexglue_style_selection_ranks_refit_seeds_by_their_out_of_fold_score():
     """A refit side has seen validation, and the best epoch's score is of the side fit on
     train alone: seed_spread ranks such seeds by the exported model's out-of-fold score."""
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_spread.py"
-    spec = importlib.util.spec_from_file_location("seed_spread", path)
-    spread = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(spread)
+    spread = load_benchmark("seed_spread")
     rows = [{"seed": 42, "val_macro_f1": 76.5, "val_macro_f1_out_of_fold": 78.8},
             {"seed": 2, "val_macro_f1": 76.1, "val_macro_f1_out_of_fold": 79.5}]
     assert max(rows, key=spread._selection_score)["seed"] == 2
@@ -359,21 +351,12 @@ def test_lexglue_style_selection_ranks_refit_seeds_by_their_out_of_fold_score():
     assert max(plain, key=spread._selection_score)["seed"] == 42
 
 
-def _seed_spread():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_spread.py"
-    spec = importlib.util.spec_from_file_location("seed_spread", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_seed_spread_distillation_needs_a_teacher_and_names_a_missing_one(capsys):
     """The distillation table's command (seed_spread --distill-weight --teacher) refuses a
     weight without a teacher, and a teacher the project does not ship, before any training."""
-    spread = _seed_spread()
+    from tests.conftest import load_benchmark
+
+    spread = load_benchmark("seed_spread")
     with pytest.raises(ValueError, match="distill_weight needs a teacher"):
         spread.main(["--distill-weight", "0.5", "--seeds", "1"])
     with pytest.raises(FileNotFoundError, match="no scores of teacher 'no-such-teacher'"):

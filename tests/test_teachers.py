@@ -125,13 +125,9 @@ def test_names_and_hashes_cannot_leave_the_store(tmp_path):
 def test_teacher_check_reads_the_shipped_teacher_and_refuses_an_unknown_name(capsys):
     """benchmarks/teacher_check.py (the distillation section's command for the teacher's
     agreement with gold) scores every bundled train row from the shipped, sha-checked copy."""
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_check.py"
-    spec = importlib.util.spec_from_file_location("teacher_check", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_benchmark("teacher_check")
     assert check.main([]) == 0
     result = json.loads(capsys.readouterr().out.split("RESULT ", 1)[1])
     assert result["rows"] == 5532 and result["gold_positive_cells"] > 0
